@@ -1,0 +1,5 @@
+import sys
+
+from nbxent.cli import main
+
+sys.exit(main())

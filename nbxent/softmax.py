@@ -1,0 +1,309 @@
+"""Softmax cross-entropy and its family: cross_entropy (+ fused gradient), nll_loss,
+log_softmax, softmax, logsumexp.
+
+Semantics follow PyTorch (`torch.nn.functional.cross_entropy`, `nll_loss`, `log_softmax`,
+`softmax`, `torch.logsumexp`); the class axis is `axis` (default last). NumPy arrays run on
+the CPU, CUDA arrays on the GPU; results come back in the input's own array type.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from nbxent import _checks
+from nbxent._dispatch import backend_for
+from nbxent._rows import Rows
+
+_FAMILY = "softmax"
+
+
+def _weights(rows: Rows, weight, dtype):
+    be = rows.be
+    if weight is None:
+        return be.empty((0,), dtype)
+    w = be.asarray(weight)
+    _checks.check_weight_shape(be.shape_strides(w)[0], rows.num_classes, be.dtype(w))
+    return be.contiguous(be.astype(w, dtype))
+
+
+def _labels(rows: Rows, target):
+    """Integer targets as int32/int64 (the dtypes kernels take)."""
+    be = rows.be
+    if np.dtype(be.dtype(target)) in _checks.KERNEL_LABEL_DTYPES:
+        return target
+    return be.astype(target, np.int64)
+
+
+def _as_target(be, target):
+    if isinstance(target, numbers.Integral) and not isinstance(target, (bool, np.bool_)) and be.name == "gpu":
+        return be.full((), int(target), np.int64)
+    return be.asarray(target)
+
+
+def _check_labels(rows: Rows, kernels, target, labels_view, weight_view, ignore_index) -> float:
+    """Raise for the first label out of range; returns the sum of w[y] over counted rows."""
+    first_bad, total = kernels.label_stats(
+        labels_view, rows.num_classes, ignore_index, weight_view, rows.be.stream
+    )
+    if first_bad >= 0:
+        position = rows.unravel(first_bad)
+        value = rows.be.item(target, position)
+        raise _checks.bad_label_error(position, value, rows.num_classes, ignore_index)
+    return float(total)
+
+
+def _per_row_grad_output(rows: Rows, grad_output):
+    """grad_output of reduction "none" as float64 broadcast to the per-row shape."""
+    be = rows.be
+    g = be.asarray(grad_output)
+    g_shape = tuple(be.shape_strides(g)[0])
+    try:
+        ok = np.broadcast_shapes(g_shape, rows.index_shape) == rows.index_shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"grad_output has shape {g_shape} but the per-row losses have shape "
+            f"{rows.index_shape}; it must broadcast to it"
+        )
+    if np.dtype(be.dtype(g)).kind not in "iuf":
+        raise TypeError(f"grad_output must be real, got dtype {np.dtype(be.dtype(g))}")
+    return be.broadcast_to(be.astype(g, np.float64), rows.index_shape)
+
+
+def _scalar_grad_output(be, grad_output, reduction: str) -> float:
+    """grad_output of a reduced loss as a host float (1 when absent)."""
+    if grad_output is None:
+        return 1.0
+    if isinstance(grad_output, numbers.Real):
+        return float(grad_output)
+    g = be.asarray(grad_output)
+    shape = tuple(be.shape_strides(g)[0])
+    if int(np.prod(shape)) != 1:
+        raise ValueError(
+            f"grad_output of a reduced ({reduction!r}) loss must be a scalar, got shape {shape}"
+        )
+    return float(be.item(g, (0,) * len(shape)))
+
+
+def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_smoothing,
+                   z_loss, out, want_grad=False, grad_output=None, inplace=False):
+    be = backend_for(logits=logits, target=target, weight=weight, out=out, grad_output=grad_output)
+    rows = Rows(be, logits, axis)
+    reduction = _checks.check_reduction(reduction)
+    eps = _checks.check_real("label_smoothing", label_smoothing, 0.0, 1.0)
+    z = _checks.check_real("z_loss", z_loss, 0.0, float(np.finfo(np.float64).max))
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    target = _as_target(be, target)
+    t_shape = tuple(be.shape_strides(target)[0])
+    kind = _checks.target_kind(be.dtype(target), t_shape, rows.shape, rows.axis)
+    if out is not None and reduction != "none":
+        raise ValueError(f"out= receives per-row losses: it needs reduction='none', got {reduction!r}")
+    if inplace and not be.writeable(rows.original):
+        raise ValueError("inplace=True writes the gradient over logits, but logits are read-only")
+    loss_dtype = _checks.compute_dtype(rows.dtype)
+    weight_arr = _weights(rows, weight, loss_dtype)
+    if out is not None:
+        out = be.asarray(out)
+        _checks.check_out(be.shape_strides(out)[0], be.dtype(out), rows.index_shape, loss_dtype,
+                          be.writeable(out))
+
+    labels = probs = None
+    if kind == "hard":
+        labels = _labels(rows, target)
+    else:
+        probs = be.astype(target, rows.dtype)
+    g_rows = g_scalar = None
+    if want_grad:
+        if reduction == "none" and grad_output is not None:
+            g_rows = _per_row_grad_output(rows, grad_output)
+        else:
+            g_scalar = _scalar_grad_output(be, grad_output, reduction)
+    (labels, g_rows), (probs,) = rows.adopt(row_inputs=(labels, g_rows), element_inputs=(probs,))
+
+    kernels = be.kernels(_FAMILY)
+    x_view = rows.x_view()
+    weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
+    if kind == "hard":
+        labels_view = rows.rows_view(labels)
+        denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+    else:
+        denominator = float(rows.num_rows)
+
+    direct_out = out is not None and rows.fits_rows(out)
+    loss = out if direct_out else rows.new_rows(loss_dtype)
+    loss_view = rows.rows_view(loss)
+    grad = grad_view = scale = None
+    if want_grad:
+        if g_rows is not None:
+            scale = rows.rows_view(g_rows)
+        else:
+            if reduction == "mean":
+                g_scalar = g_scalar / denominator if denominator != 0 else 0.0
+            scale = be.broadcast_scalar(g_scalar, rows.layout.rows_shape)
+        grad = rows.x if inplace else rows.new_elements(rows.dtype)
+        grad_view = rows.x_view() if inplace else rows.elements_view(grad)
+
+    if kind == "hard":
+        kernels.cross_entropy(x_view, labels_view, weight_view, ignore_index, eps, z, loss_view,
+                              scale, grad_view, be.stream)
+    else:
+        kernels.cross_entropy_soft(x_view, rows.elements_view(probs), weight_view, eps, z,
+                                   loss_view, scale, grad_view, be.stream)
+
+    if out is not None and not direct_out:
+        be.copy_into(out, loss)
+        loss = out
+    result = _reduce(rows, kernels, loss_view, loss_dtype, reduction, denominator) \
+        if reduction != "none" else be.wrap(loss)
+    if not want_grad:
+        return result
+    if inplace:
+        if rows.copied:
+            be.copy_into(rows.original, grad)
+        return result, rows.original
+    return result, be.wrap(grad)
+
+
+def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator: float):
+    be = rows.be
+    if reduction == "sum":
+        scale = 1.0
+    else:
+        scale = 1.0 / denominator if denominator != 0 else math.nan
+    out1 = be.empty((1,), dtype)
+    kernels.sum_rows(values_view, scale, out1, be.stream)
+    return be.scalar(out1)
+
+
+def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, z_loss=0.0, out=None):
+    """Softmax cross-entropy of `logits` against class indices or probabilities.
+
+    logits: float16/32/64 array, classes along `axis` (default last: `(N, C)`, `(B, T, V)`;
+    `axis=1` for PyTorch's `(N, C, d1, ...)`); 1-D logits are one sample.
+    target: integer class indices shaped like logits without the class axis, or float
+    probabilities shaped like logits (soft targets; `ignore_index` does not apply to them).
+
+    Per-row loss of a row with label y (PyTorch's, plus the z-loss term):
+    `(1-eps) w[y] (lse - x[y]) + eps/C sum_c w[c] (lse - x[c]) + z_loss w[y] lse**2`, with
+    lse the row's logsumexp and eps = label_smoothing; rows whose label is `ignore_index`
+    give 0. Soft targets t: `sum_c w[c] t'[c] (lse - x[c]) + z_loss lse**2`, t' = (1-eps) t +
+    eps/C; a class with t' = 0 contributes 0 even where its logit is -inf (PyTorch gives NaN
+    there: nbxent's choice).
+
+    reduction: "none" returns per-row losses shaped like the target's index shape, in the
+    logits' dtype (float32 for float16 logits), written into `out` when given; "sum" their
+    sum; "mean" the sum divided by the sum of w[y] over non-ignored rows (their count
+    without weight; the number of rows for soft targets). A mean over no rows is NaN, a sum
+    0. Reductions accumulate in float64 in a fixed order and return a 0-d value (a NumPy
+    scalar, or a 0-d device array on the GPU).
+
+    Raises ValueError naming the position and value of the first label outside [0, C) that
+    is not ignore_index, and for shapes that disagree or options out of range; TypeError for
+    non-float logits, float class indices and host/device mixes.
+    """
+    return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
+                          label_smoothing, z_loss, out)
+
+
+def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, z_loss=0.0, out=None,
+                            grad_output=None, inplace=False):
+    """`(loss, grad)`: `cross_entropy` and its gradient with respect to `logits`, in one pass.
+
+    grad = d(sum(loss * grad_output)) / d(logits), shaped and typed like `logits`.
+    grad_output defaults to 1 (for "none": the gradient of the sum of the per-row losses);
+    it is a scalar for "mean"/"sum" and broadcasts to the per-row shape for "none".
+    Ignored rows get a zero gradient, so every row ignored gives a NaN "mean" but an
+    all-zero gradient. `inplace=True` writes the gradient over `logits` (which must be
+    writeable) and returns `logits` as grad.
+    """
+    return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
+                          label_smoothing, z_loss, out, want_grad=True,
+                          grad_output=grad_output, inplace=bool(inplace))
+
+
+def nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of class indices under `log_probs` (PyTorch's `nll_loss`).
+
+    Per-row loss `-w[y] log_probs[y]`, 0 for ignored rows; reductions as `cross_entropy`
+    ("mean" divides by the sum of w[y] over non-ignored rows; NaN over no rows).
+    """
+    be = backend_for(log_probs=log_probs, target=target, weight=weight)
+    rows = Rows(be, log_probs, axis, name="log_probs")
+    reduction = _checks.check_reduction(reduction)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    target = _as_target(be, target)
+    t_dtype = np.dtype(be.dtype(target))
+    if t_dtype.kind not in "iu":
+        raise TypeError(f"nll_loss needs integer class indices as target, got dtype {t_dtype}")
+    _checks.target_kind(t_dtype, tuple(be.shape_strides(target)[0]), rows.shape, rows.axis)
+    loss_dtype = _checks.compute_dtype(rows.dtype)
+    weight_arr = _weights(rows, weight, loss_dtype)
+    (labels,), _ = rows.adopt(row_inputs=(_labels(rows, target),))
+
+    kernels = be.kernels(_FAMILY)
+    weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
+    labels_view = rows.rows_view(labels)
+    denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+    loss = rows.new_rows(loss_dtype)
+    loss_view = rows.rows_view(loss)
+    kernels.nll(rows.x_view(), labels_view, weight_view, ignore_index, loss_view, be.stream)
+    if reduction == "none":
+        return be.wrap(loss)
+    return _reduce(rows, kernels, loss_view, loss_dtype, reduction, denominator)
+
+
+def _elementwise(launcher: str, x, axis, out):
+    be = backend_for(x=x, out=out)
+    rows = Rows(be, x, axis, name="x")
+    if out is not None:
+        out = be.asarray(out)
+        _checks.check_out(be.shape_strides(out)[0], be.dtype(out), rows.shape, rows.dtype,
+                          be.writeable(out))
+    rows.adopt()
+    kernels = be.kernels(_FAMILY)
+    direct = out is not None and rows.fits_elements(out)
+    result = out if direct else rows.new_elements(rows.dtype)
+    getattr(kernels, launcher)(rows.x_view(), rows.elements_view(result), be.stream)
+    if out is not None and not direct:
+        be.copy_into(out, result)
+        result = out
+    return be.wrap(result)
+
+
+def log_softmax(x, *, axis=-1, out=None):
+    """`x - logsumexp(x)` along `axis`, in x's dtype. A NaN in a row gives a NaN row."""
+    return _elementwise("log_softmax", x, axis, out)
+
+
+def softmax(x, *, axis=-1, out=None):
+    """`exp(x - logsumexp(x))` along `axis`, in x's dtype; -inf logits get probability 0."""
+    return _elementwise("softmax", x, axis, out)
+
+
+def logsumexp(x, *, axis=-1, out=None):
+    """`log(sum(exp(x)))` along `axis` (removed), computed stably, in x's dtype.
+
+    As torch.logsumexp: an all -inf row gives -inf, a +inf gives +inf, a NaN gives NaN, an
+    empty class axis gives -inf.
+    """
+    be = backend_for(x=x, out=out)
+    rows = Rows(be, x, axis, name="x")
+    if out is not None:
+        out = be.asarray(out)
+        _checks.check_out(be.shape_strides(out)[0], be.dtype(out), rows.index_shape, rows.dtype,
+                          be.writeable(out))
+    rows.adopt()
+    kernels = be.kernels(_FAMILY)
+    direct = out is not None and rows.fits_rows(out)
+    result = out if direct else rows.new_rows(rows.dtype)
+    kernels.logsumexp(rows.x_view(), rows.rows_view(result), be.stream)
+    if out is not None and not direct:
+        be.copy_into(out, result)
+        result = out
+    return be.wrap(result)

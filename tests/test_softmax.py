@@ -1,0 +1,379 @@
+"""The softmax cross-entropy family on every backend against nbxent.reference (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nbxent
+from nbxent import reference as ref
+from tests.backends import BACKENDS, backend_params, is_backend_array, small, to_backend, to_host
+
+DTYPES = [np.float32, np.float64, np.float16]
+rng = np.random.default_rng()
+
+# Loss tolerance per input dtype, relative to max(1, |reference|) (float16 inputs are
+# computed in float32: the reference sees the same float16 values, so float32's bound holds).
+LOSS_TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-6}
+# Per-element outputs are rounded to the input dtype.
+ELEM_TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-3}
+
+
+def assert_close(got, want, tol):
+    got = to_host(got).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True)
+
+
+def make_logits(shape, dtype, scale=3.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def make_labels(index_shape, num_classes, ignore_frac=0.2, ignore_index=-100, dtype=np.int64):
+    labels = rng.integers(0, num_classes, size=index_shape).astype(dtype)
+    if ignore_frac:
+        labels[rng.random(index_shape) < ignore_frac] = ignore_index
+    return labels
+
+
+def make_probs(shape, axis=-1):
+    p = rng.random(shape)
+    return p / p.sum(axis=axis, keepdims=True)
+
+
+OPTION_SETS = [
+    {},
+    {"weight": True},
+    {"label_smoothing": 0.1},
+    {"weight": True, "label_smoothing": 0.2},
+    {"z_loss": 1e-3},
+    {"weight": True, "label_smoothing": 0.05, "z_loss": 1e-2, "ignore_index": 3},
+]
+
+
+def resolve_options(opts, num_classes, backend):
+    opts = dict(opts)
+    w = rng.random(num_classes) + 0.5 if opts.pop("weight", False) else None
+    return opts, w
+
+
+# ----------------------------------------------------------------------------- cross_entropy
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("opts", OPTION_SETS)
+def test_cross_entropy_hard_matches_reference(backend, dtype, reduction, opts):
+    n, c = small(backend, (257, 37), (6, 9))
+    logits = make_logits((n, c), dtype)
+    opts, w = resolve_options(opts, c, backend)
+    labels = make_labels((n,), c, ignore_index=opts.get("ignore_index", -100))
+    got = nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend),
+                               weight=to_backend(w, backend), reduction=reduction, **opts)
+    want = ref.cross_entropy(logits, labels, weight=w, reduction=reduction, **opts)
+    assert is_backend_array(got, backend)
+    expected_dtype = np.float64 if dtype == np.float64 else np.float32
+    assert to_host(got).dtype == expected_dtype
+    assert to_host(got).shape == np.shape(want)
+    assert_close(got, want, LOSS_TOL[dtype])
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("opts", [{}, {"weight": True, "label_smoothing": 0.1, "z_loss": 1e-2}])
+def test_cross_entropy_soft_matches_reference(backend, dtype, reduction, opts):
+    n, c = small(backend, (129, 23), (5, 7))
+    logits = make_logits((n, c), dtype)
+    probs = make_probs((n, c)).astype(dtype)
+    opts, w = resolve_options(opts, c, backend)
+    got = nbxent.cross_entropy(to_backend(logits, backend), to_backend(probs, backend),
+                               weight=to_backend(w, backend), reduction=reduction, **opts)
+    want = ref.cross_entropy(logits, probs, weight=w, reduction=reduction, **opts)
+    assert_close(got, want, LOSS_TOL[dtype])
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("opts", OPTION_SETS[:1] + OPTION_SETS[-1:])
+@pytest.mark.parametrize("soft", [False, True])
+def test_cross_entropy_with_grad_matches_reference(backend, dtype, reduction, opts, soft):
+    n, c = small(backend, (97, 29), (5, 7))
+    logits = make_logits((n, c), dtype)
+    opts, w = resolve_options(opts, c, backend)
+    if soft:
+        opts.pop("ignore_index", None)
+        target = make_probs((n, c)).astype(dtype)
+    else:
+        target = make_labels((n,), c, ignore_index=opts.get("ignore_index", -100))
+    grad_output = rng.standard_normal(n) if reduction == "none" else 0.7
+    kwargs = dict(weight=w, reduction=reduction, grad_output=grad_output, **opts)
+    loss, grad = nbxent.cross_entropy_with_grad(
+        to_backend(logits, backend), to_backend(target, backend),
+        **{**kwargs, "weight": to_backend(w, backend), "grad_output": to_backend(grad_output, backend)})
+    want_loss, want_grad = ref.cross_entropy_with_grad(logits, target, **kwargs)
+    assert_close(loss, want_loss, LOSS_TOL[dtype])
+    assert to_host(grad).dtype == dtype and to_host(grad).shape == logits.shape
+    assert_close(grad, want_grad, ELEM_TOL[dtype] * 5)
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inplace_gradient_equals_out_of_place(backend, dtype):
+    n, c = small(backend, (64, 50), (4, 9))
+    logits = make_logits((n, c), dtype)
+    labels = make_labels((n,), c)
+    loss_a, grad_a = nbxent.cross_entropy_with_grad(to_backend(logits, backend), to_backend(labels, backend),
+                                                    label_smoothing=0.1)
+    buf = to_backend(logits.copy(), backend)
+    loss_b, grad_b = nbxent.cross_entropy_with_grad(buf, to_backend(labels, backend),
+                                                    label_smoothing=0.1, inplace=True)
+    assert grad_b is buf
+    np.testing.assert_array_equal(to_host(grad_a), to_host(buf))
+    np.testing.assert_array_equal(to_host(loss_a), to_host(loss_b))
+
+
+def test_inplace_on_read_only_logits_is_an_error():
+    logits = make_logits((4, 5), np.float32)
+    logits.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        nbxent.cross_entropy_with_grad(logits, np.zeros(4, np.int64), inplace=True)
+
+
+@backend_params
+def test_every_row_ignored(backend):
+    logits = make_logits((5, 4), np.float32)
+    labels = np.full(5, -100)
+    args = to_backend(logits, backend), to_backend(labels, backend)
+    assert np.isnan(to_host(nbxent.cross_entropy(*args)))
+    assert to_host(nbxent.cross_entropy(*args, reduction="sum")) == 0
+    loss, grad = nbxent.cross_entropy_with_grad(*args)
+    assert np.isnan(to_host(loss))
+    assert np.all(to_host(grad) == 0)
+
+
+@backend_params
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch(backend, reduction):
+    logits = np.zeros((0, 7), np.float32)
+    labels = np.zeros((0,), np.int64)
+    got = to_host(nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend),
+                                       reduction=reduction))
+    if reduction == "mean":
+        assert np.isnan(got)
+    elif reduction == "sum":
+        assert got == 0
+    else:
+        assert got.shape == (0,)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+@backend_params
+@pytest.mark.parametrize("layout", ["fortran", "strided", "axis1", "bt_v", "one_sample", "transposed3d"])
+def test_layouts_match_reference(backend, layout):
+    dtype = np.float32
+    if layout == "fortran":
+        logits, axis = np.asfortranarray(make_logits(small(backend, (33, 17), (5, 6)), dtype)), -1
+    elif layout == "strided":
+        logits, axis = make_logits(small(backend, (66, 40), (8, 10)), dtype)[::2, ::3], -1
+    elif layout == "axis1":
+        logits, axis = make_logits(small(backend, (4, 11, 3, 5), (2, 5, 2, 3)), dtype), 1
+    elif layout == "bt_v":
+        logits, axis = make_logits(small(backend, (3, 7, 19), (2, 3, 5)), dtype), -1
+    elif layout == "one_sample":
+        logits, axis = make_logits(small(backend, (31,), (7,)), dtype), 0
+    else:
+        logits, axis = make_logits(small(backend, (13, 4, 6), (3, 4, 5)), dtype).transpose(2, 0, 1), 1
+    c = logits.shape[axis]
+    index_shape = logits.shape[:axis % logits.ndim] + logits.shape[axis % logits.ndim + 1:]
+    labels = make_labels(index_shape, c) if index_shape else np.int64(rng.integers(c))
+    for reduction in ("none", "mean"):
+        got = nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend),
+                                   axis=axis, reduction=reduction)
+        want = ref.cross_entropy(logits, labels, axis=axis, reduction=reduction)
+        assert_close(got, want, 2e-6)
+    loss, grad = nbxent.cross_entropy_with_grad(to_backend(logits, backend), to_backend(labels, backend),
+                                                axis=axis, reduction="sum")
+    want_loss, want_grad = ref.cross_entropy_with_grad(logits, labels, axis=axis, reduction="sum")
+    assert to_host(grad).shape == logits.shape
+    assert_close(grad, want_grad, 1e-5)
+    for fn in ("log_softmax", "softmax", "logsumexp"):
+        assert_close(getattr(nbxent, fn)(to_backend(logits, backend), axis=axis),
+                     getattr(ref, fn)(logits, axis=axis), 2e-6)
+
+
+@backend_params
+def test_soft_targets_with_other_strides_than_logits(backend):
+    n, c = small(backend, (20, 9), (4, 5))
+    logits = make_logits((n, c), np.float32)
+    probs = np.asfortranarray(make_probs((n, c)).astype(np.float32))
+    got = nbxent.cross_entropy(to_backend(logits, backend), to_backend(probs, backend), reduction="none")
+    assert_close(got, ref.cross_entropy(logits, probs, reduction="none"), 2e-6)
+
+
+def test_inputs_are_not_modified():
+    logits = make_logits((20, 6), np.float32)
+    labels = make_labels((20,), 6)
+    w = rng.random(6).astype(np.float32)
+    copies = [a.copy() for a in (logits, labels, w)]
+    nbxent.cross_entropy_with_grad(logits, labels, weight=w, label_smoothing=0.1)
+    nbxent.cross_entropy(logits, labels, weight=w, reduction="none")
+    nbxent.softmax(logits)
+    for a, b in zip((logits, labels, w), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+@backend_params
+@pytest.mark.parametrize("label_dtype", [np.int8, np.uint8, np.int16, np.int32, np.uint32, np.uint64])
+def test_any_integer_label_dtype(backend, label_dtype):
+    logits = make_logits((6, 5), np.float32)
+    labels = rng.integers(0, 5, 6).astype(label_dtype)
+    got = nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend), reduction="none")
+    assert_close(got, ref.cross_entropy(logits, labels.astype(np.int64), reduction="none"), 2e-6)
+
+
+# ----------------------------------------------------------------------------- out=
+
+
+@backend_params
+def test_out_receives_per_row_losses(backend):
+    logits = make_logits((8, 5), np.float32)
+    labels = make_labels((8,), 5)
+    out = to_backend(np.full(8, np.nan, np.float32), backend)
+    got = nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend),
+                               reduction="none", out=out)
+    assert got is out
+    assert_close(out, ref.cross_entropy(logits, labels, reduction="none"), 2e-6)
+
+
+def test_out_with_other_strides_is_filled():
+    logits = make_logits((8, 5), np.float32)
+    labels = make_labels((8,), 5)
+    base = np.full(16, np.nan, np.float32)
+    out = base[::2]
+    got = nbxent.cross_entropy(logits, labels, reduction="none", out=out)
+    assert got is out
+    assert_close(out, ref.cross_entropy(logits, labels, reduction="none"), 2e-6)
+    assert np.isnan(base[1::2]).all()
+
+
+@pytest.mark.parametrize("fn", ["log_softmax", "softmax", "logsumexp"])
+def test_elementwise_out(fn):
+    x = make_logits((7, 5, 3), np.float32)
+    want = getattr(ref, fn)(x, axis=1)
+    out = np.empty(want.shape, np.float32)
+    got = getattr(nbxent, fn)(x, axis=1, out=out)
+    assert got is out
+    assert_close(out, want, 2e-6)
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_extreme_values(backend, dtype):
+    big = 6e4 if dtype == np.float16 else 1e30
+    c = 6
+    logits = np.array([
+        [0, 1, 2, 3, 4, 5],                           # ordinary
+        [big, -big, 0, 1, 2, 3],                      # +-1e30: finite
+        [-np.inf, 1, -np.inf, 2, -np.inf, 0],         # masked classes: finite
+        [-np.inf, 1, 2, 3, 4, 5],                     # -inf at the target: +inf
+        [1, np.nan, 2, 3, 4, 5],                      # NaN: NaN for this row only
+        [big, big, big, big, big, big],
+    ], dtype=dtype)
+    labels = np.array([2, 0, 1, 0, 3, 4])
+    got = to_host(nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend),
+                                       reduction="none"))
+    want = ref.cross_entropy(logits, labels, reduction="none")
+    assert np.isfinite(got[[0, 1, 2, 5]]).all()
+    assert got[3] == np.inf and np.isnan(got[4])
+    assert_close(got, want, LOSS_TOL[dtype])
+    for fn in ("log_softmax", "softmax", "logsumexp"):
+        assert_close(getattr(nbxent, fn)(to_backend(logits, backend)), getattr(ref, fn)(logits),
+                     ELEM_TOL[dtype] * (1 if fn == "softmax" else 10))
+
+
+@backend_params
+@pytest.mark.parametrize("c", [1, 2])
+def test_one_and_two_classes(backend, c):
+    logits = make_logits((9, c), np.float32)
+    labels = rng.integers(0, c, 9)
+    for reduction in ("none", "mean"):
+        assert_close(nbxent.cross_entropy(to_backend(logits, backend), to_backend(labels, backend),
+                                          reduction=reduction, label_smoothing=0.1),
+                     ref.cross_entropy(logits, labels, reduction=reduction, label_smoothing=0.1), 2e-6)
+    _, grad = nbxent.cross_entropy_with_grad(to_backend(logits, backend), to_backend(labels, backend))
+    assert_close(grad, ref.cross_entropy_with_grad(logits, labels)[1], 1e-6)
+
+
+@pytest.mark.parametrize("c", [4097, 200_003])
+def test_huge_class_count_float32(c):
+    logits = make_logits((3, c), np.float32, scale=4.0)
+    labels = rng.integers(0, c, 3)
+    got = nbxent.cross_entropy(logits, labels, reduction="none")
+    assert_close(got, ref.cross_entropy(logits, labels, reduction="none"), 2e-6)
+    assert_close(nbxent.logsumexp(logits), ref.logsumexp(logits), 2e-6)
+
+
+def test_mean_of_a_million_rows():
+    logits = make_logits((1_000_000, 4), np.float32)
+    labels = rng.integers(0, 4, 1_000_000)
+    got = float(nbxent.cross_entropy(logits, labels))
+    want = ref.cross_entropy(logits, labels)
+    assert abs(got - want) <= 1e-6 * abs(want)
+
+
+def test_gradient_matches_torch_autograd():
+    torch = pytest.importorskip("torch")
+    logits = make_logits((50, 13), np.float32)
+    labels = make_labels((50,), 13)
+    w = (rng.random(13) + 0.5).astype(np.float32)
+    for soft in (False, True):
+        target = make_probs((50, 13)).astype(np.float32) if soft else labels
+        loss, grad = nbxent.cross_entropy_with_grad(logits, target, weight=w, label_smoothing=0.1)
+        t = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+        tt = torch.tensor(target) if not soft else torch.tensor(target, dtype=torch.float64)
+        tl = torch.nn.functional.cross_entropy(t, tt, weight=torch.tensor(w, dtype=torch.float64),
+                                               label_smoothing=0.1)
+        tl.backward()
+        np.testing.assert_allclose(float(loss), tl.item(), rtol=1e-6)
+        np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- nll, softmax, lse
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_nll_loss_matches_reference(backend, dtype, reduction):
+    n, c = small(backend, (70, 11), (5, 6))
+    log_probs = ref.log_softmax(make_logits((n, c), np.float64)).astype(dtype)
+    labels = make_labels((n,), c)
+    w = rng.random(c) + 0.5
+    got = nbxent.nll_loss(to_backend(log_probs, backend), to_backend(labels, backend),
+                          weight=to_backend(w, backend), reduction=reduction)
+    assert_close(got, ref.nll_loss(log_probs, labels, weight=w, reduction=reduction), LOSS_TOL[dtype])
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fn", ["log_softmax", "softmax", "logsumexp"])
+def test_normalisers_match_reference(backend, dtype, fn):
+    x = make_logits(small(backend, (40, 33), (4, 7)), dtype)
+    got = getattr(nbxent, fn)(to_backend(x, backend))
+    assert to_host(got).dtype == dtype
+    assert_close(got, getattr(ref, fn)(x), ELEM_TOL[dtype] * (10 if fn != "softmax" else 1))
+
+
+def test_reductions_are_zero_dimensional_numpy_values():
+    logits = make_logits((10, 3), np.float32)
+    labels = make_labels((10,), 3)
+    for reduction in ("mean", "sum"):
+        got = nbxent.cross_entropy(logits, labels, reduction=reduction)
+        assert isinstance(got, np.generic) and np.ndim(got) == 0 and got.dtype == np.float32
