@@ -40,7 +40,21 @@ def to_backend(a, backend: str):
         return cp.asarray(a)
     from numba import cuda
 
-    return cuda.to_device(np.ascontiguousarray(a) if a.ndim == 0 else a)
+    if a.flags.c_contiguous or a.flags.f_contiguous:
+        return cuda.to_device(a)
+    return _strided_upload(a)
+
+
+def _strided_upload(a):
+    """A device array with `a`'s (non-negative) strides, over a buffer spanning them."""
+    from numba import cuda
+
+    from nbxent.gpu import _arrays
+
+    span = 1 + sum((n - 1) * s for n, s in zip(a.shape, a.strides)) // a.itemsize
+    buf = np.zeros(span, a.dtype)
+    np.lib.stride_tricks.as_strided(buf, a.shape, a.strides)[...] = a
+    return _arrays.strided_view(cuda.to_device(buf), a.shape, a.strides)
 
 
 def to_host(a):

@@ -1,0 +1,468 @@
+"""Kernel-level tests of nbxent.cpu.softmax: launchers called directly on canonical 3-D views
+(docs/kernels.md), compared with a float64 NumPy computation written here.
+
+Compiled specialisations are the slow part on a 2-core machine, so dtypes and layouts are
+combined rather than crossed: every launcher runs in float32, float64 and float16 (uint16
+views) and in C order, Fortran order and a class-strided view somewhere below.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+from nbxent.cpu import _math
+from nbxent.cpu import softmax as K
+
+F16, F32, F64 = np.float16, np.float32, np.float64
+TOL = {F16: 2e-3, F32: 2e-6, F64: 1e-12}   # relative, or absolute near 0
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def ref_shift(x):
+    """(m, s): the PyTorch logsumexp shift (row max, 0 if infinite) and sum(exp(x - m))."""
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True) if x.shape[-1] else np.full(x.shape[:-1] + (1,), -np.inf)
+    m = np.where(np.isinf(m), 0.0, m)
+    with np.errstate(all="ignore"):
+        return m, np.exp(x - m).sum(-1, keepdims=True)
+
+
+def ref_lse(x):
+    """PyTorch-style logsumexp over the last axis, float64."""
+    m, s = ref_shift(x)
+    with np.errstate(all="ignore"):
+        return (m + np.log(s))[..., 0]
+
+
+def ref_probs(x):
+    """softmax as exp(x - m) / s: exp(x - lse) would lose float64 accuracy at |x| ~ 1e30."""
+    m, s = ref_shift(x)
+    with np.errstate(all="ignore"):
+        return np.exp(np.asarray(x, np.float64) - m) / s
+
+
+def ref_ce(x, y, w, eps, z, ignore=IGNORE, scale=None):
+    """(loss, grad) per contract for hard labels, float64 (grad None without scale)."""
+    x = np.asarray(x, np.float64)
+    C = x.shape[-1]
+    w = np.ones(C) if w.size == 0 else np.asarray(w, np.float64)
+    W = w.sum()
+    m, s = ref_shift(x)
+    with np.errstate(all="ignore"):
+        lg = np.log(s)
+        d = m - x                   # lse - x == (m - x) + log(s), accurate at |x| ~ 1e30
+    lse = (m + lg)[..., 0]
+    ok = y != ignore
+    ys = np.where(ok, y, 0)
+    dy = np.take_along_axis(d, ys[..., None], -1)[..., 0]
+    wy = w[ys]
+    with np.errstate(all="ignore"):
+        loss = (1 - eps) * wy * (dy + lg[..., 0])
+        if eps > 0:
+            loss = loss + eps / C * (W * lg[..., 0] + (w * d).sum(-1))
+        if z > 0:
+            loss = loss + z * wy * lse**2
+        loss = np.where(ok, loss, 0.0)
+        if scale is None:
+            return loss, None
+        p = ref_probs(x)
+        a = (1 - eps) * wy + eps / C * W + (2 * z * wy * lse if z > 0 else 0)
+        g = p * a[..., None] - eps / C * w
+        onehot = np.zeros_like(x)
+        np.put_along_axis(onehot, ys[..., None], 1.0, -1)
+        g = g - (1 - eps) * wy[..., None] * onehot
+        g = np.where(ok[..., None], g * scale[..., None], 0.0)
+    return loss, g
+
+
+def ref_soft(x, t, w, eps, z, scale=None):
+    x = np.asarray(x, np.float64)
+    t = np.asarray(t, np.float64)
+    C = x.shape[-1]
+    w = np.ones(C) if w.size == 0 else np.asarray(w, np.float64)
+    tp = (1 - eps) * t + eps / C
+    m, s = ref_shift(x)
+    with np.errstate(all="ignore"):
+        lse = (m + np.log(s))[..., 0]
+        term = np.where(tp == 0, 0.0, w * tp * ((m - x) + np.log(s)))
+        loss = term.sum(-1) + (z * lse**2 if z > 0 else 0)
+        if scale is None:
+            return loss, None
+        p = ref_probs(x)
+        k = (w * tp).sum(-1) + (2 * z * lse if z > 0 else 0)
+        g = scale[..., None] * (p * k[..., None] - w * tp)
+    return loss, g
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def as_kernel(a):
+    """Float16 arrays travel as uint16 views (contract)."""
+    return a.view(np.uint16) if a.dtype == F16 else a
+
+
+def from_kernel(a, dtype):
+    return a.view(F16) if dtype == F16 else a
+
+
+def compute(dtype):
+    return F64 if dtype == F64 else F32
+
+
+def layout(a, kind):
+    """A (P, Q, C) view of the same values in memory order `kind`."""
+    if kind == "C":
+        return np.ascontiguousarray(a)
+    if kind == "F":
+        return np.asfortranarray(a)
+    # PyTorch's (N, C, d) moved to (N, d, C): class stride d
+    return np.ascontiguousarray(np.moveaxis(a, 2, 1)).transpose(0, 2, 1)
+
+
+def close(got, want, tol, what=""):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    nan_g, nan_w = np.isnan(got), np.isnan(want)
+    assert np.array_equal(nan_g, nan_w), f"{what}: NaN pattern differs"
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf]), f"{what}: inf differs"
+    fin = ~nan_w & ~inf
+    err = np.abs(got[fin] - want[fin]) / np.maximum(np.abs(want[fin]), 1.0)
+    assert err.size == 0 or err.max() <= tol, f"{what}: max error {err.max():.3g} > {tol}"
+
+
+def logits(rng, shape, dtype, spread=3.0):
+    return (rng.standard_normal(shape) * spread).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- _math
+
+
+def test_exp_log_accuracy_and_edges():
+    @numba.njit
+    def run(a, e, lg):
+        for i in range(a.size):
+            e[i] = _math.exp32(a[i])
+            lg[i] = _math.log32(abs(a[i]))
+
+    a = np.random.default_rng(0).uniform(-105, 89, 200_000).astype(F32)
+    special = F32([-np.inf, np.inf, np.nan, 0.0, -0.0, -1e30, 1e30, 88.72, -87.3, 1e-40])
+    a = np.concatenate([a, special])
+    e, lg = np.empty_like(a), np.empty_like(a)
+    run(a, e, lg)
+    with np.errstate(all="ignore"):
+        re, rl = np.exp(a.astype(F64)), np.log(np.abs(a).astype(F64))
+    normal = (re > 1.2e-38) & (re < 3.4e38)
+    assert (np.abs(e[normal] / re[normal] - 1) < 2.5e-7).all()
+    assert e[-10] == 0 and e[-9] == np.inf and np.isnan(e[-8]) and e[-7] == 1 and e[-5] == 0
+    assert e[-4] == np.inf
+    fin = np.isfinite(rl)
+    assert (np.abs(lg[fin] - rl[fin]) <= 2.5e-7 * np.maximum(np.abs(rl[fin]), 1)).all()
+    assert lg[-7] == -np.inf and lg[-9] == np.inf and np.isnan(lg[-8])
+
+
+def test_half_conversions_exhaustive():
+    @numba.njit
+    def run(h, f, f2, h2):
+        for i in range(h.size):
+            f[i] = _math.h2f(h[i])
+        for i in range(f2.size):
+            h2[i] = _math.f2h(f2[i])
+
+    h = np.arange(65536, dtype=np.uint16)
+    want = h.view(F16).astype(F32)
+    rng = np.random.default_rng(1)
+    f2 = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32).view(F32)
+    mid = (want.astype(F64)[:-1] + np.diff(want.astype(F64)) / 2).astype(F32)   # ties
+    f2 = np.concatenate([f2, want, mid[np.isfinite(mid)], F32([65520.0, 65519.0, 1e-8])])
+    f, h2 = np.empty(65536, F32), np.empty(f2.size, np.uint16)
+    run(h, f, f2, h2)
+    nan = np.isnan(want)
+    assert np.array_equal(f.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+    assert np.isnan(f[nan]).all()
+    with np.errstate(all="ignore"):
+        ref = f2.astype(F16).view(np.uint16)
+    nan2 = np.isnan(f2)
+    assert np.array_equal(h2[~nan2], ref[~nan2])
+    assert np.isnan(h2[nan2].view(F16)).all()
+
+
+# ----------------------------------------------------------------------------- row launchers
+
+
+@pytest.mark.parametrize("dtype,kind", [(F32, "C"), (F64, "F"), (F16, "S"), (F32, "S")])
+def test_logsumexp_softmax_log_softmax(dtype, kind):
+    rng = np.random.default_rng(2)
+    a = logits(rng, (3, 5, 37), dtype)
+    a[0, 0, :] = -np.inf
+    a[0, 1, 3] = np.inf
+    a[0, 2, 4] = np.nan
+    a[0, 3, :5] = -np.inf
+    a[0, 4, :2] = (1e30, -1e30) if dtype != F16 else (6e4, -6e4)
+    x = layout(a, kind)
+    ref = ref_lse(x)
+    tol = TOL[dtype]
+    out = np.empty((3, 5), dtype)
+    K.logsumexp(as_kernel(x), as_kernel(out))
+    close(out, ref.astype(dtype), tol, "logsumexp")
+    for launcher, want in ((K.softmax, ref_probs(x)),
+                           (K.log_softmax, x.astype(F64) - ref[..., None])):
+        with np.errstate(all="ignore"):
+            want = want.astype(dtype)
+        o = layout(np.empty(a.shape, dtype), "F" if kind == "C" else "C")
+        launcher(as_kernel(x), as_kernel(o))
+        close(o, want, tol if dtype != F32 else 4e-6, launcher.__name__)
+
+
+def test_softmax_in_place_and_empty_rows():
+    rng = np.random.default_rng(3)
+    x = logits(rng, (1, 4, 300), F32)
+    want = np.empty_like(x)
+    K.softmax(x, want)
+    K.softmax(x, x)
+    assert np.array_equal(x, want)
+    e = np.empty((2, 3, 0), F32)
+    out = np.empty((2, 3), F32)
+    K.logsumexp(e, out)
+    assert (out == -np.inf).all()
+    K.softmax(e, np.empty((2, 3, 0), F32))
+
+
+def test_large_rows():
+    rng = np.random.default_rng(4)
+    x = logits(rng, (1, 2, 200_000), F32, spread=5.0) + F32(1000)
+    y = np.array([[7, 199_999]])
+    loss = np.empty((1, 2), F32)
+    K.cross_entropy(x, y, np.empty(0, F32), IGNORE, 0.0, 0.0, loss)
+    close(loss, ref_ce(x, y, np.empty(0), 0.0, 0.0)[0], 2e-6, "ce 200k")
+    out = np.empty((1, 2), F32)
+    K.logsumexp(x, out)
+    close(out, ref_lse(x), 2e-6, "lse 200k")
+    o = np.empty_like(x)
+    K.log_softmax(x, o)
+    close(o, x - ref_lse(x)[..., None], 2e-6, "log_softmax 200k")
+
+
+# ----------------------------------------------------------------------------- cross_entropy
+
+
+def _ce_case(rng, dtype, shape, ignore_frac=0.2):
+    P, Q, C = shape
+    a = logits(rng, shape, dtype)
+    y = rng.integers(0, C, (P, Q))
+    y[rng.random((P, Q)) < ignore_frac] = IGNORE
+    return a, y
+
+
+CE_CASES = [
+    # dtype, shape, kind, label dtype, weighted, eps, z
+    (F32, (2, 33, 100), "C", np.int64, False, 0.0, 0.0),
+    (F32, (2, 33, 100), "S", np.int32, True, 0.1, 1e-3),
+    (F32, (1, 70, 300), "F", np.int64, True, 0.0, 0.0),
+    (F64, (2, 17, 50), "C", np.int64, True, 0.2, 1e-2),
+    (F64, (3, 11, 9), "S", np.int64, False, 0.0, 1e-2),
+    (F16, (2, 19, 64), "C", np.int64, True, 0.1, 0.0),
+    (F16, (1, 23, 40), "F", np.int64, False, 0.0, 0.0),
+    # small-C path (float32, unit class stride), C = 1, 2, 10, 16; more rows than a block
+    (F32, (2, 150, 10), "C", np.int64, False, 0.0, 0.0),
+    (F32, (1, 201, 2), "C", np.int64, True, 0.1, 1e-3),
+    (F32, (3, 7, 1), "C", np.int64, False, 0.0, 0.0),
+    (F32, (1, 130, 16), "F", np.int32, True, 0.05, 0.0),
+]
+
+
+@pytest.mark.parametrize("dtype,shape,kind,ldt,weighted,eps,z", CE_CASES)
+def test_cross_entropy(dtype, shape, kind, ldt, weighted, eps, z):
+    rng = np.random.default_rng(5)
+    a, y = _ce_case(rng, dtype, shape)
+    y = y.astype(ldt)
+    cd = compute(dtype)
+    C = shape[2]
+    w = rng.uniform(0.5, 2.0, C).astype(cd) if weighted else np.empty(0, cd)
+    x = layout(a, kind)
+    tol = TOL[dtype]
+    scale = rng.uniform(0.5, 2.0, shape[:2])
+    want_loss, want_grad = ref_ce(x, y, w, eps, z, scale=scale)
+
+    loss = np.empty(shape[:2], cd)
+    K.cross_entropy(as_kernel(x), y, w, IGNORE, eps, z, loss)
+    close(loss, want_loss, tol, "loss")
+
+    loss2 = np.empty(shape[:2], cd)
+    grad = layout(np.empty(shape, dtype), kind)
+    K.cross_entropy(as_kernel(x), y, w, IGNORE, eps, z, loss2, scale, as_kernel(grad))
+    assert np.array_equal(loss2, loss)
+    close(grad, want_grad.astype(dtype), tol if dtype != F32 else 4e-6, "grad")
+
+    xi = x.copy(order="K")
+    loss3 = np.empty(shape[:2], cd)
+    K.cross_entropy(as_kernel(xi), y, w, IGNORE, eps, z, loss3, scale, as_kernel(xi))
+    assert np.array_equal(loss3, loss)
+    assert np.array_equal(xi, grad), "in-place gradient differs from out-of-place"
+
+
+@pytest.mark.parametrize("C", [2, 10, 100])
+def test_cross_entropy_special_rows(C):
+    rng = np.random.default_rng(6)
+    a = logits(rng, (1, 8, C), F32)
+    y = rng.integers(0, C, (1, 8))
+    a[0, 0, :] = -np.inf                                   # all -inf
+    a[0, 1, (y[0, 1] + 1) % C] = -np.inf                   # -inf at a non-target class
+    a[0, 2, 0] = np.nan                                    # NaN row
+    a[0, 3, 0] = np.inf                                    # +inf
+    a[0, 4, :] = F32(1e30)
+    a[0, 4, y[0, 4]] = F32(-1e30)
+    a[0, 5, :] = F32(-1e30)
+    y[0, 6] = IGNORE
+    a[0, 6, 0] = np.nan                                    # ignored NaN row: 0, zero grad
+    scale = np.broadcast_to(np.float64(0.5), (1, 8))
+    w = np.empty(0, F32)
+    want_loss, want_grad = ref_ce(a, y, w, 0.0, 0.0, scale=scale)
+    loss = np.empty((1, 8), F32)
+    grad = np.empty_like(a)
+    K.cross_entropy(a, y, w, IGNORE, 0.0, 0.0, loss, scale, grad)
+    close(loss, want_loss, 2e-6, "loss")
+    close(grad, want_grad, 4e-6, "grad")
+    assert np.isnan(loss[0, 2]) and np.isnan(grad[0, 2]).all()
+    assert loss[0, 6] == 0 and (grad[0, 6] == 0).all()
+    assert np.isfinite(loss[0, 1])
+
+
+def test_cross_entropy_all_ignored():
+    for C in (4, 100):
+        x = np.full((1, 5, C), np.nan, F32)
+        y = np.full((1, 5), IGNORE)
+        loss = np.full((1, 5), 7.0, F32)
+        grad = np.full_like(x, 7.0)
+        K.cross_entropy(x, y, np.empty(0, F32), IGNORE, 0.1, 0.1, loss,
+                        np.broadcast_to(np.float64(1.0), (1, 5)), grad)
+        assert (loss == 0).all() and (grad == 0).all()
+        assert K.label_stats(y, C, IGNORE, np.empty(0, F32)) == (-1, 0.0)
+
+
+@pytest.mark.parametrize("dtype,kind,weighted", [(F32, "C", False), (F64, "S", True),
+                                                 (F16, "F", True)])
+def test_cross_entropy_soft(dtype, kind, weighted):
+    rng = np.random.default_rng(7)
+    shape = (2, 9, 40)
+    a = logits(rng, shape, dtype)
+    t = rng.random(shape)
+    t[t < 0.3] = 0
+    t = (t / t.sum(-1, keepdims=True)).astype(dtype)
+    a[0, 0, 3] = -np.inf
+    t[0, 0, 3] = 0                                         # t' = 0 at a -inf logit: no NaN
+    cd = compute(dtype)
+    w = rng.uniform(0.5, 2.0, 40).astype(cd) if weighted else np.empty(0, cd)
+    x, tt = layout(a, kind), layout(t, kind)
+    scale = rng.uniform(0.5, 2.0, shape[:2])
+    tol = TOL[dtype]
+    for eps, z in ((0.0, 0.0), (0.1, 1e-3)):
+        if eps:
+            x[0, 0, 3] = -5.0                                  # t' > 0 everywhere now
+        want_loss, want_grad = ref_soft(x, tt, w, eps, z, scale=scale)
+        loss = np.empty(shape[:2], cd)
+        K.cross_entropy_soft(as_kernel(x), as_kernel(tt), w, eps, z, loss)
+        close(loss, want_loss, tol, "soft loss")
+        grad = np.empty(shape, dtype)
+        K.cross_entropy_soft(as_kernel(x), as_kernel(tt), w, eps, z, loss, scale,
+                             as_kernel(grad))
+        close(grad, want_grad.astype(dtype), tol if dtype != F32 else 4e-6, "soft grad")
+        xi = x.copy(order="K")
+        K.cross_entropy_soft(as_kernel(xi), as_kernel(tt), w, eps, z, loss, scale,
+                             as_kernel(xi))
+        assert np.array_equal(xi, grad)
+
+
+# ----------------------------------------------------------------------------- nll, stats, sums
+
+
+@pytest.mark.parametrize("dtype,kind,ldt", [(F32, "C", np.int64), (F64, "F", np.int32),
+                                            (F16, "S", np.int64)])
+def test_nll(dtype, kind, ldt):
+    rng = np.random.default_rng(8)
+    a, y = _ce_case(rng, dtype, (2, 13, 20))
+    y = y.astype(ldt)
+    x = layout(a, kind)
+    cd = compute(dtype)
+    w = rng.uniform(0.5, 2.0, 20).astype(cd)
+    ys = np.where(y == IGNORE, 0, y)
+    xy = np.take_along_axis(x.astype(F64), ys[..., None], -1)[..., 0]
+    for weight, wy in ((np.empty(0, cd), 1.0), (w, w.astype(F64)[ys])):
+        want = np.where(y == IGNORE, 0.0, -wy * xy)
+        loss = np.empty((2, 13), cd)
+        K.nll(as_kernel(x), y, weight, IGNORE, loss)
+        close(loss, want, TOL[dtype] if dtype != F16 else 1e-6, "nll")
+
+
+def test_label_stats():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 50, (3, 20_000))
+    y[rng.random(y.shape) < 0.1] = IGNORE
+    w = rng.uniform(0.5, 2.0, 50).astype(F32)
+    assert K.label_stats(y, 50, IGNORE, np.empty(0, F32)) == (-1, float((y != IGNORE).sum()))
+    first, total = K.label_stats(y.astype(np.int32).T.copy().T, 50, IGNORE, w)
+    ys = y[y != IGNORE]
+    assert first == -1 and abs(total - w.astype(F64)[ys].sum()) < 1e-9 * total
+    for bad, pos in ((50, (2, 19_999)), (-1, (1, 5)), (10**12, (0, 0))):
+        yb = y.copy()
+        yb[pos] = bad
+        yb[2, 3] = 77
+        first, _ = K.label_stats(yb, 50, IGNORE, w)
+        r = min(pos[0] * 20_000 + pos[1], 2 * 20_000 + 3)
+        assert first == r
+    assert K.label_stats(np.empty((0, 4), np.int64), 3, IGNORE, w) == (-1, 0.0)
+
+
+def test_sum_rows():
+    rng = np.random.default_rng(10)
+    v = rng.standard_normal((3, 50_001)).astype(F32)
+    out = np.empty(1, F32)
+    K.sum_rows(v, 0.5, out)
+    assert abs(out[0] - 0.5 * v.astype(F64).sum()) <= 1e-6 * np.abs(v).sum()
+    v64 = rng.standard_normal((5, 3001))
+    o64 = np.empty(1, F64)
+    K.sum_rows(np.asfortranarray(v64), 1.0, o64)
+    assert abs(o64[0] - v64.sum()) < 1e-10
+    K.sum_rows(np.empty((0, 3), F64), np.nan, o64)
+    assert np.isnan(o64[0])
+
+
+def test_bit_identical_across_thread_counts():
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal((2, 300_000))
+    y = rng.integers(0, 1000, (1, 150_000))
+    w = rng.uniform(0.5, 2.0, 1000).astype(F32)
+    x = logits(rng, (1, 300, 1000), F32)
+    xs = logits(rng, (1, 3000, 10), F32)
+    ys, yx = y[:, :3000] % 10, y[:, :300]
+    sc = np.broadcast_to(np.float64(0.25), (1, 3000))
+
+    def run():
+        o = np.empty(1, F64)
+        K.sum_rows(v, 1.0, o)
+        loss, g = np.empty((1, 300), F32), np.empty_like(x)
+        K.cross_entropy(x, yx, w, IGNORE, 0.1, 0.0, loss, sc[:, :300], g)
+        ls_, gs_ = np.empty((1, 3000), F32), np.empty_like(xs)
+        K.cross_entropy(xs, ys, w[:10], IGNORE, 0.0, 0.0, ls_, sc, gs_)
+        lse = np.empty((1, 300), F32)
+        K.logsumexp(x, lse)
+        return o, K.label_stats(y, 1000, IGNORE, w), loss, g, ls_, gs_, lse
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = run()
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, two):
+        if isinstance(a, tuple):
+            assert a == b
+        else:
+            assert np.array_equal(a, b)
