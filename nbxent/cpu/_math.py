@@ -1,0 +1,379 @@
+"""Vectorisable float math shared by the CPU kernels.
+
+Numba (>= 0.62) has no SVML, so `math.exp` in a loop stays a scalar libm call; `max()` and
+`np.fmax` compile to selects without fast-math flags, which LLVM will not vectorise as a
+reduction. This module supplies loop-friendly replacements:
+
+- `exp32`, `log32`: float32 exp/log as range reduction + polynomial (Cephes), the power of
+  two built from integer bits; about 1 ulp, IEEE edge cases exact (see each docstring).
+- `fmax`: compare+select with fast-math flags (vectorises as a max reduction).
+- `h2f`, `f2h`: float16 <-> float32 through uint16 bit patterns (Numba has no float16).
+- dtype-generic helpers over a kernel's buffer dtype (float16 buffers are uint16 views):
+  `load`/`store` convert between storage and the *compute dtype* (float32 for float16 and
+  float32, float64 for float64), `cexp`/`clog` pick the compute dtype's exp/log, `cval`
+  casts a constant to it. Kernels written with these compile once per buffer dtype.
+- `crow`/`srow`: borrowed 1-D views of a flat buffer (a row of the logits) that carry no
+  reference count, so building one per row in a parallel loop costs no atomic operations.
+
+The polynomial functions are compiled without 'reassoc' (`STRICT`): reassociation would let
+LLVM fold the two-constant Cody-Waite range reduction into one constant and lose accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+from numba.np.arrayobj import make_array, populate_array
+
+from nbxent._config import FASTMATH, hjit
+
+STRICT = frozenset(FASTMATH - {"reassoc"})
+_FLAGS = tuple(sorted(FASTMATH))
+
+
+def _sjit(**options):
+    return hjit(fastmath=set(STRICT), **options)
+
+
+# ----------------------------------------------------------------------------- intrinsics
+
+
+@intrinsic
+def fmax(typingctx, a, b):
+    """max(a, b) for floats of one type; when one is NaN the result is either operand.
+
+    Emitted as fcmp+select carrying the fast-math flags so that LLVM vectorises it as a max
+    reduction (Numba's own max() does not). Kernels detect NaN elsewhere (exp(NaN) is NaN).
+    """
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = args
+        flags = _FLAGS + ("nnan",)
+        gt = builder.fcmp_unordered(">", x, y, flags=flags)
+        return builder.select(gt, x, y, flags=flags)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(x), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, i):
+    """The float32 whose bits are the low 32 bits of integer i."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if sig.args[0].bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif sig.args[0].bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(i), codegen
+
+
+@intrinsic
+def _rint32(typingctx, x):
+    """Round to nearest integer (ties to even), as a float32: llvm.rint (vroundps)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType()]), "llvm.rint.f32")
+        return builder.call(fn, args)
+
+    return types.float32(x), codegen
+
+
+def _borrowed_view(context, builder, bufty, retty, buf, start, n, step):
+    src = make_array(bufty)(context, builder, buf)
+    dst = make_array(retty)(context, builder)
+    itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
+        context.get_data_type(bufty.dtype)))
+    data = builder.gep(src.data, [start])
+    populate_array(dst, data=data, shape=[n], strides=[builder.mul(itemsize, step)],
+                   itemsize=itemsize, meminfo=None)
+    return dst._getvalue()
+
+
+@intrinsic
+def crow(typingctx, buf, start, n):
+    """buf[start:start+n] as a C-contiguous 1-D view without a reference count.
+
+    The view borrows `buf`'s memory: valid while `buf` is alive. No bounds check."""
+    if not (isinstance(buf, types.Array) and buf.ndim == 1):
+        return None
+    retty = types.Array(buf.dtype, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        b, s, k = args
+        s = context.cast(builder, s, sig.args[1], types.intp)
+        k = context.cast(builder, k, sig.args[2], types.intp)
+        return _borrowed_view(context, builder, sig.args[0], retty, b, s, k,
+                              context.get_constant(types.intp, 1))
+
+    return retty(buf, start, n), codegen
+
+
+@intrinsic
+def srow(typingctx, buf, start, n, step):
+    """buf[start : start + n*step : step] (step in elements, any sign) as a borrowed 1-D view."""
+    if not (isinstance(buf, types.Array) and buf.ndim == 1):
+        return None
+    retty = types.Array(buf.dtype, 1, "A")
+
+    def codegen(context, builder, sig, args):
+        b, s, k, st = (context.cast(builder, v, t, types.intp) if i else v
+                       for i, (v, t) in enumerate(zip(args, sig.args)))
+        return _borrowed_view(context, builder, sig.args[0], retty, b, s, k, st)
+
+    return retty(buf, start, n, step), codegen
+
+
+# ----------------------------------------------------------------------------- float32 exp/log
+
+_EXP_LO = np.float32(-103.97208)   # below: exp underflows to 0 (half of the least subnormal)
+_EXP_HI = np.float32(88.72283)     # above: exp overflows to inf
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_FINF = np.float32(np.inf)
+_FNAN = np.float32(np.nan)
+
+
+@_sjit()
+def exp32(x):
+    """exp of a float32, vectorisable; about 1 ulp.
+
+    Exactly 0 for x < -103.97 (including -inf), +inf for x > 88.72283 (including +inf),
+    NaN for NaN; subnormal results in between are approximate (two-step scaling).
+    """
+    # No clamping: outside [_EXP_LO, _EXP_HI] and for NaN the arithmetic below yields garbage
+    # (LLVM: poison from the float->int conversion) that the final selects discard.
+    n = _rint32(x * _LOG2E)
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * (r * r) + r + _F1
+    # 2**n for n in [-150, 128] as two normal powers of two
+    ni = np.int32(n)
+    n1 = ni >> np.int32(1)
+    n2 = ni - n1
+    y = y * _bits_f32((n1 + np.int32(127)) << np.int32(23))
+    y = y * _bits_f32((n2 + np.int32(127)) << np.int32(23))
+    y = _F0 if x < _EXP_LO else y
+    y = _FINF if x > _EXP_HI else y
+    return x if x != x else y
+
+
+_SQRTHF = np.float32(0.707106781186547524)
+_TWO23 = np.float32(8388608.0)
+
+
+@_sjit()
+def log32(x):
+    """Natural log of a float32, vectorisable; about 1 ulp.
+
+    log(0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, log(NaN) = NaN; subnormals exact.
+    """
+    sub = x < np.float32(1.17549435e-38)
+    xs = x * _TWO23 if sub else x
+    bits = _f32_bits(xs)
+    e = (bits >> np.int32(23)) - np.int32(126)
+    e = e - np.int32(23) if sub else e
+    m = _bits_f32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))   # [0.5, 1)
+    small = m < _SQRTHF
+    e = e - np.int32(1) if small else e
+    m = (m + m - _F1) if small else (m - _F1)
+    fe = np.float32(e)
+    z = m * m
+    y = np.float32(7.0376836292e-2)
+    y = y * m + np.float32(-1.1514610310e-1)
+    y = y * m + np.float32(1.1676998740e-1)
+    y = y * m + np.float32(-1.2420140846e-1)
+    y = y * m + np.float32(1.4249322787e-1)
+    y = y * m + np.float32(-1.6668057665e-1)
+    y = y * m + np.float32(2.0000714765e-1)
+    y = y * m + np.float32(-2.4999993993e-1)
+    y = y * m + np.float32(3.3333331174e-1)
+    y = y * m * z
+    y = y + fe * _LN2_LO
+    y = y - np.float32(0.5) * z
+    r = m + y
+    r = r + fe * _LN2_HI
+    r = _FINF if x == _FINF else r
+    r = -_FINF if x == _F0 else r
+    r = _FNAN if x < _F0 else r
+    return x if x != x else r
+
+
+# ----------------------------------------------------------------------------- float16 bits
+
+
+@_sjit()
+def h2f(h):
+    """float16 bit pattern (uint16) -> float32, exact (subnormals, inf, NaN included)."""
+    u = np.int32(h)
+    em = u & np.int32(0x7FFF)
+    sign = (u & np.int32(0x8000)) << np.int32(16)
+    # exponent/mantissa shifted into float32 place, rescaled by 2**112 (handles subnormals)
+    f = _bits_f32(em << np.int32(13)) * np.float32(5.192296858534828e33)
+    bits = _f32_bits(f)
+    bits = ((em << np.int32(13)) | np.int32(0x7F800000)) if em >= np.int32(0x7C00) else bits
+    return _bits_f32(bits | sign)
+
+
+@_sjit()
+def f2h(f):
+    """float32 -> float16 bit pattern (uint16), round to nearest even; overflow gives inf,
+    NaN gives a quiet NaN of the same sign, subnormal halves are rounded correctly."""
+    bits = _f32_bits(f)
+    sign = bits & np.int32(-0x80000000)
+    a = bits ^ sign                                         # |f| as bits
+    # subnormal half or zero: let the FPU round by adding a magic number
+    magic = np.int32((127 - 15 + 23 - 10 + 1) << 23)
+    sub = _f32_bits(_bits_f32(a) + _bits_f32(magic)) - magic
+    # normal half: rebias, round to nearest even on the 13 dropped bits
+    odd = (a >> np.int32(13)) & np.int32(1)
+    nrm = (a + np.int32(((15 - 127) << 23) + 0xFFF) + odd) >> np.int32(13)
+    o = sub if a < np.int32(113 << 23) else nrm
+    o = np.int32(0x7C00) if a >= np.int32((127 + 16) << 23) else o
+    o = np.int32(0x7E00) if a > np.int32(0x7F800000) else o
+    return np.uint16(o | (sign >> np.int32(16)) & np.int32(0x8000))
+
+
+# ----------------------------------------------------------------------------- dtype-generic
+
+
+def load(buf, i):
+    """buf[i] in the compute dtype (float16 bit patterns -> float32)."""
+
+
+def store(buf, i, v):
+    """buf[i] = v, converting from the compute dtype (float32 -> float16 bits: RNE)."""
+
+
+def cval(buf, v):
+    """v cast to the compute dtype of buffer `buf`."""
+
+
+def cexp(v):
+    """exp in v's own (compute) dtype: exp32 for float32, math.exp for float64."""
+
+
+def clog(v):
+    """log in v's own dtype: log32 for float32, math.log for float64."""
+
+
+_OPTS = dict(fastmath=set(FASTMATH), error_model="numpy", inline="always", no_cfunc_wrapper=True)
+
+
+def _is_half(buf):
+    return buf.dtype == types.uint16
+
+
+@overload(load, jit_options=_OPTS)
+def _ol_load(buf, i):
+    if _is_half(buf):
+        return lambda buf, i: h2f(buf[i])
+    return lambda buf, i: buf[i]
+
+
+@overload(store, jit_options=_OPTS)
+def _ol_store(buf, i, v):
+    if _is_half(buf):
+        def impl(buf, i, v):
+            buf[i] = f2h(np.float32(v))
+        return impl
+
+    def impl(buf, i, v):
+        buf[i] = v
+    return impl
+
+
+@overload(cval, jit_options=_OPTS)
+def _ol_cval(buf, v):
+    if _is_half(buf) or buf.dtype == types.float32:
+        return lambda buf, v: np.float32(v)
+    return lambda buf, v: np.float64(v)
+
+
+@overload(cexp, jit_options=_OPTS)
+def _ol_cexp(v):
+    if v == types.float32:
+        return lambda v: exp32(v)
+    return lambda v: math.exp(v)
+
+
+@overload(clog, jit_options=_OPTS)
+def _ol_clog(v):
+    if v == types.float32:
+        return lambda v: log32(v)
+    return lambda v: math.log(v)
+
+
+@_sjit()
+def sub2(x, a, b):
+    """(x - a) - b in this order: the kernels' 'reassoc' flag could otherwise fold a + b
+    first and lose the accuracy of x - a when |a| is large."""
+    return (x - a) - b
+
+
+def cempty(buf, n):
+    """np.empty(n) of the compute dtype of buffer `buf` (scratch space)."""
+
+
+@overload(cempty, jit_options=_OPTS)
+def _ol_cempty(buf, n):
+    if buf.dtype == types.float64:
+        return lambda buf, n: np.empty(n, np.float64)
+    return lambda buf, n: np.empty(n, np.float32)
+
+
+@intrinsic
+def borrow(typingctx, a):
+    """A 1-D array as a view without a reference count (see `crow`): kernels borrow their
+    array arguments once, so that passing them to per-row helpers from several threads
+    costs no atomic reference counting on a shared cache line."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src = make_array(sig.args[0])(context, builder, args[0])
+        return _borrowed_view(context, builder, sig.args[0], sig.return_type, args[0],
+                              context.get_constant(types.intp, 0), src.nitems,
+                              context.get_constant(types.intp, 1))
+
+    return types.Array(a.dtype, 1, "C")(a), codegen
+
+
+@_sjit()
+def diff_add(a, b, c):
+    """(a - b) + c in this order (see `sub2`)."""
+    return (a - b) + c

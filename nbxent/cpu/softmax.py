@@ -1,0 +1,809 @@
+"""CPU kernels of the softmax family: the launchers of docs/kernels.md.
+
+Layout. Every array reaches the compiled kernels as a *flat* 1-D buffer (`_flat`: a
+writeable alias over the memory the view spans) plus a tuple `(offset, stride, ...)` in
+elements, so one compiled specialisation per dtype serves every layout (C order, Fortran
+order, PyTorch's `(N, C, d)` moved to `(N, d, C)` with class stride `d`, read-only arrays,
+broadcasts). Row `r = p*Q + q` starts at `off + p*s0 + q*s1`. A row with class stride 1 is
+handed to the row helpers as a borrowed contiguous view (`crow`, vectorised); other rows
+are gathered into contiguous scratch and their results scattered back, so the row helpers
+compile for one layout only. Kernels `borrow` their array arguments (views without a
+reference count): per-row helper calls then cost no atomic reference counting on cache
+lines shared between threads (which made 2 threads slower than 1).
+
+Per row (large-C path): pass 1 the max m (replaced by 0 when infinite, as PyTorch does);
+pass 2 sum(exp(x - m)) in float32 vector partial sums over blocks of `_BLOCK` elements,
+blocks accumulated in float64; lse = m + log(sum) in float64; pass 3 (softmax, log_softmax,
+gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`. exp(x - m) rather than
+exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
+(exp(NaN) = NaN) and so every result of that row.
+
+Small C (C <= `_SMALL_C`, float32, unit class stride; cross_entropy only): blocks of
+`_SMALL_R` rows are copied class-major into scratch and every step (max, exp sums, log,
+loss, gradient) is vectorised across rows; C stays a runtime value (one compilation).
+
+Determinism: per-row results depend only on the row; `sum_rows` and `label_stats` reduce
+fixed blocks of `_RED_BLOCK` rows in parallel and combine the partials in block order.
+Options (weight, smoothing, z_loss, gradient or not, in place or not) are runtime values
+branched on outside the inner loops: each kernel compiles once per dtype (and label dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from nbxent._config import hjit, jit, pjit
+from nbxent.cpu._math import borrow as _b
+from nbxent.cpu._math import (cempty, cexp, clog, crow, cval, diff_add, fmax, load, srow,
+                              store, sub2)
+
+_BLOCK = 1024        # elements per float32 partial sum within a row
+_RED_BLOCK = 16384   # rows per partial of sum_rows/label_stats (fixed: thread-count free)
+_SMALL_C = 16        # cross_entropy with C <= _SMALL_C is vectorised across rows
+_SMALL_R = 256       # rows per transposed block on the small-C path
+_SMALL_CHUNK = 64    # blocks per parallel work item on the small-C path
+
+_FWD, _GRAD, _INPLACE = 0, 1, 2       # cross-entropy modes
+_LSE, _SOFTMAX, _LOG_SOFTMAX = 0, 1, 2  # _rows_kernel modes
+
+
+# ============================================================================ host side
+
+
+class _Memory:
+    __slots__ = ("__array_interface__", "owner")
+
+
+def _flat(a: np.ndarray):
+    """(buf, layout): `buf` a writeable 1-D alias of the memory `a` spans, `layout` the
+    tuple (offset, *strides) locating a's elements in `buf`, in elements."""
+    itemsize = a.itemsize
+    strides = a.strides
+    if a.size == 0:
+        return np.empty(0, a.dtype), (0,) + (0,) * a.ndim
+    if any(s % itemsize for s in strides):
+        raise ValueError("nbxent kernels need strides that are multiples of the item size")
+    el = tuple(s // itemsize for s in strides)
+    lo = sum((n - 1) * s for n, s in zip(a.shape, el) if s < 0)
+    hi = sum((n - 1) * s for n, s in zip(a.shape, el) if s > 0)
+    span = hi - lo + 1
+    if a.flags.writeable and lo == 0 and a.flags.c_contiguous:
+        return a.reshape(-1), (0,) + el
+    mem = _Memory()
+    mem.owner = a
+    mem.__array_interface__ = {
+        "shape": (span,), "typestr": a.dtype.str, "version": 3, "strides": None,
+        "data": (a.__array_interface__["data"][0] + lo * itemsize, False),
+    }
+    return np.asarray(mem), (-lo,) + el
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b are the same elements (the in-place gradient case)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def _overlaps(out: np.ndarray, inputs) -> bool:
+    return any(i is not None and i.size and out.size and np.may_share_memory(out, i)
+               for i in inputs)
+
+
+# ============================================================================ row helpers
+# `row` is a 1-D view of one row (contiguous or strided); values are read with `load`
+# (float16 bits -> float32) and computed in the compute dtype.
+
+
+@hjit()
+def _row_max(row):
+    m = cval(row, -np.inf)
+    for c in range(row.size):
+        m = fmax(m, load(row, c))
+    return m
+
+
+@hjit()
+def _shift(row):
+    """The shift of PyTorch's logsumexp: the row max, or 0 when it is infinite."""
+    m = _row_max(row)
+    return cval(row, 0.0) if (m == np.inf or m == -np.inf) else m
+
+
+@hjit()
+def _sumexp(row, m):
+    """sum(exp(row - m)) in float64: compute-dtype partial sums over blocks of _BLOCK."""
+    n = row.size
+    total = 0.0
+    for b0 in range(0, n, _BLOCK):
+        acc = cval(row, 0.0)
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            acc += cexp(load(row, c) - m)
+        total += acc
+    return total
+
+
+@hjit()
+def _lse(row):
+    m = _shift(row)
+    return m + math.log(_sumexp(row, m))
+
+
+@hjit()
+def _softmax_row(row, orow):
+    m = _shift(row)
+    k = cval(row, 1.0 / _sumexp(row, m))
+    for c in range(row.size):
+        store(orow, c, cexp(load(row, c) - m) * k)
+
+
+@hjit()
+def _log_softmax_row(row, orow):
+    m = _shift(row)
+    lg = cval(row, math.log(_sumexp(row, m)))
+    for c in range(row.size):
+        store(orow, c, sub2(load(row, c), m, lg))
+
+
+@hjit()
+def _sumexp_wd(row, m, w):
+    """(sum(exp(row - m)), sum(w * (m - row))) in float64."""
+    n = row.size
+    total = 0.0
+    sd = 0.0
+    for b0 in range(0, n, _BLOCK):
+        acc = cval(row, 0.0)
+        accd = cval(row, 0.0)
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            v = load(row, c)
+            acc += cexp(v - m)
+            accd += w[c] * (m - v)
+        total += acc
+        sd += accd
+    return total, sd
+
+
+@hjit()
+def _sumexp_soft(row, prow, m, w, a, b):
+    """(sum exp(row - m), T = sum w t', U = sum w t' (m - row)) in float64, with
+    t' = a*t + b; a class with t' == 0 adds 0 to U even where its logit is -inf."""
+    n = row.size
+    total = 0.0
+    tt = 0.0
+    uu = 0.0
+    zero = cval(row, 0.0)
+    for b0 in range(0, n, _BLOCK):
+        acc = zero
+        acct = zero
+        accu = zero
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            v = load(row, c)
+            t = a * load(prow, c) + b
+            wt = w[c] * t
+            acc += cexp(v - m)
+            acct += wt
+            accu += zero if t == zero else wt * (m - v)
+        total += acc
+        tt += acct
+        uu += accu
+    return total, tt, uu
+
+
+def _make_grad_writer(inplace):
+    """g_c = exp(x_c - m) * k1 - k2 * w_c (no k2 term when k2 == 0), written into `grow`,
+    or over `row` itself when `inplace` (a separate compiled function: with two array
+    arguments LLVM's alias check fails when they coincide and it runs scalar code)."""
+
+    @hjit()
+    def write(row, grow, m, k1, k2, w):
+        dst = row if inplace else grow
+        k1 = cval(row, k1)
+        k2 = cval(row, k2)
+        if k2 == 0.0:
+            for c in range(row.size):
+                store(dst, c, cexp(load(row, c) - m) * k1)
+        else:
+            for c in range(row.size):
+                store(dst, c, cexp(load(row, c) - m) * k1 - k2 * w[c])
+
+    return write
+
+
+def _make_soft_grad_writer(inplace):
+    """g_c = exp(x_c - m) * k1 - s w_c (a t_c + b), into `grow` or over `row` (`inplace`)."""
+
+    @hjit()
+    def write(row, grow, prow, m, k1, s, a, b, w):
+        dst = row if inplace else grow
+        k1 = cval(row, k1)
+        sa = cval(row, s * a)
+        sb = cval(row, s * b)
+        for c in range(row.size):
+            store(dst, c, cexp(load(row, c) - m) * k1 - w[c] * (sa * load(prow, c) + sb))
+
+    return write
+
+
+_grad_out = _make_grad_writer(False)
+_grad_in = _make_grad_writer(True)
+_soft_grad_out = _make_soft_grad_writer(False)
+_soft_grad_in = _make_soft_grad_writer(True)
+
+
+@hjit()
+def _ce_row(row, grow, y, w, W, eps, z, s, mode):
+    """Loss of one labelled row (float64); writes its gradient unless mode == _FWD."""
+    C = row.size
+    m = _shift(row)
+    sd = 0.0
+    if eps > 0.0:
+        total, sd = _sumexp_wd(row, m, w)
+    else:
+        total = _sumexp(row, m)
+    lg = math.log(total)
+    lse = m + lg
+    xy = load(row, y)
+    wy = float(w[y])
+    loss = (1.0 - eps) * wy * diff_add(float(m), float(xy), lg)   # lse - x_y, accurately
+    if eps > 0.0:
+        loss += eps / C * (W * lg + sd)
+    if z > 0.0:
+        loss += z * wy * lse * lse
+    if mode == _FWD:
+        return loss
+    a = (1.0 - eps) * wy + eps / C * W
+    if z > 0.0:
+        a += 2.0 * z * wy * lse
+    k1 = s * a / total
+    k2 = s * eps / C if eps > 0.0 else 0.0
+    gy = float(cexp(xy - m)) * k1 - (k2 + s * (1.0 - eps)) * wy
+    if mode == _INPLACE:
+        _grad_in(row, row, m, k1, k2, w)
+        store(row, y, gy)
+    else:
+        _grad_out(row, grow, m, k1, k2, w)
+        store(grow, y, gy)
+    return loss
+
+
+@hjit()
+def _soft_row(row, prow, grow, w, eps, z, s, mode):
+    C = row.size
+    m = _shift(row)
+    a = cval(row, 1.0 - eps)
+    b = cval(row, eps / C)
+    total, tt, uu = _sumexp_soft(row, prow, m, w, a, b)
+    lg = math.log(total)
+    lse = m + lg
+    loss = tt * lg + uu
+    if z > 0.0:
+        loss += z * lse * lse
+    if mode == _FWD:
+        return loss
+    k = tt + 2.0 * z * lse if z > 0.0 else tt
+    k1 = s * k / total
+    if mode == _INPLACE:
+        _soft_grad_in(row, row, prow, m, k1, s, 1.0 - eps, eps / C, w)
+    else:
+        _soft_grad_out(row, grow, prow, m, k1, s, 1.0 - eps, eps / C, w)
+    return loss
+
+
+# ============================================================================ kernels
+# Layout tuples: xs = (offset, s0, s1, s2) for (P, Q, C) arrays, (offset, s0, s1) for
+# (P, Q) ones, all in elements. Parallel loops run over chunks of `rpc` consecutive rows
+# (r = p*Q + q); a chunk walks (p, q) incrementally. Rows with a class stride other than 1
+# are gathered into contiguous scratch (and results scattered back), so the row helpers
+# compile for contiguous rows only.
+
+
+@hjit()
+def _gather(buf, b, n, step, dst):
+    for c in range(n):
+        dst[c] = buf[b + c * step]
+    return dst
+
+
+@hjit()
+def _scatter(src, buf, b, step):
+    for c in range(src.size):
+        buf[b + c * step] = src[c]
+
+
+@hjit()
+def _fill_zero(buf, b, n, step):
+    for c in range(n):
+        buf[b + c * step] = 0
+
+
+@hjit()
+def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = xs[3] != 1 or (mode != _LSE and os[3] != 1)
+    tx = np.empty(C if strided else 0, x.dtype)
+    to = np.empty(C if strided and mode != _LSE else 0, out.dtype)
+    for _ in range(r0, r1):
+        b = xs[0] + p * xs[1] + q * xs[2]
+        ob = os[0] + p * os[1] + q * os[2]
+        row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+        if mode == _LSE:
+            store(out, ob, _lse(row))
+        else:
+            orow = to if strided else crow(out, ob, C)
+            if mode == _SOFTMAX:
+                _softmax_row(row, orow)
+            else:
+                _log_softmax_row(row, orow)
+            if strided:
+                _scatter(to, out, ob, os[3])
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _rows_kernel(x, xs, P, Q, C, out, os, mode, rpc):
+    x, out = _b(x), _b(out)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _rows_chunk(x, xs, Q, C, out, os, mode, k * rpc, min(n, (k + 1) * rpc))
+
+
+@hjit()
+def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss, mode,
+              r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = xs[3] != 1 or (mode != _FWD and gs[3] != 1)
+    tx = np.empty(C if strided else 0, x.dtype)
+    tg = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
+    for _ in range(r0, r1):
+        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        b = xs[0] + p * xs[1] + q * xs[2]
+        gb = gs[0] + p * gs[1] + q * gs[2]
+        loss = 0.0
+        if y == ignore:
+            if mode != _FWD:
+                _fill_zero(g, gb, C, gs[3])
+        else:
+            s = sc[ss[0] + p * ss[1] + q * ss[2]]
+            row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+            grow = tg if strided else crow(g, gb, C)
+            loss = _ce_row(row, grow, y, w, W, eps, z, s, mode)
+            if strided and mode != _FWD:
+                _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
+        out[os[0] + p * os[1] + q * os[2]] = loss
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _ce_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss, mode,
+               rpc):
+    x, lab, w, out, g, sc = _b(x), _b(lab), _b(w), _b(out), _b(g), _b(sc)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss, mode,
+                  k * rpc, min(n, (k + 1) * rpc))
+
+
+@hjit()
+def _soft_chunk(x, xs, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode, r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = xs[3] != 1 or ps[3] != 1 or (mode != _FWD and gs[3] != 1)
+    tx = np.empty(C if strided else 0, x.dtype)
+    tp = np.empty(C if strided else 0, pr.dtype)
+    tg = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
+    for _ in range(r0, r1):
+        b = xs[0] + p * xs[1] + q * xs[2]
+        pb = ps[0] + p * ps[1] + q * ps[2]
+        gb = gs[0] + p * gs[1] + q * gs[2]
+        s = sc[ss[0] + p * ss[1] + q * ss[2]]
+        row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+        prow = _gather(pr, pb, C, ps[3], tp) if strided else crow(pr, pb, C)
+        grow = tg if strided else crow(g, gb, C)
+        out[os[0] + p * os[1] + q * os[2]] = _soft_row(row, prow, grow, w, eps, z, s, mode)
+        if strided and mode != _FWD:
+            _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _soft_kernel(x, xs, P, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode, rpc):
+    x, pr, w, out, g, sc = _b(x), _b(pr), _b(w), _b(out), _b(g), _b(sc)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _soft_chunk(x, xs, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode,
+                    k * rpc, min(n, (k + 1) * rpc))
+
+
+@jit()
+def _nll_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os):
+    # serial: one gathered element per row, memory-latency bound
+    for p in range(P):
+        for q in range(Q):
+            y = lab[ls[0] + p * ls[1] + q * ls[2]]
+            loss = 0.0
+            if y != ignore:
+                v = float(load(x, xs[0] + p * xs[1] + q * xs[2] + y * xs[3]))
+                loss = -float(w[y]) * v
+            out[os[0] + p * os[1] + q * os[2]] = loss
+
+
+@hjit()
+def _block_start(k, Q):
+    r0 = k * _RED_BLOCK
+    p = r0 // Q
+    return r0, p, r0 - p * Q
+
+
+@hjit()
+def _label_block(lab, ls, Q, n, C, ignore, w, k):
+    """(first bad row, sum of w[y]) over rows [k*_RED_BLOCK, (k+1)*_RED_BLOCK) of n."""
+    r0, p, q = _block_start(k, Q)
+    first = -1
+    tot = 0.0
+    for r in range(r0, min(r0 + _RED_BLOCK, n)):
+        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        if y != ignore:
+            if 0 <= y < C:
+                tot += 1.0 if w.size == 0 else float(w[y])
+            elif first < 0:
+                first = r
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+    return first, tot
+
+
+@pjit()
+def _label_stats_kernel(lab, ls, P, Q, C, ignore, w):
+    lab, w = _b(lab), _b(w)
+    n = P * Q
+    nblk = (n + _RED_BLOCK - 1) // _RED_BLOCK
+    firsts = np.empty(nblk, np.int64)
+    partials = np.empty(nblk, np.float64)
+    for k in prange(nblk):
+        firsts[k], partials[k] = _label_block(lab, ls, Q, n, C, ignore, w, k)
+    first_bad = -1
+    total = 0.0
+    for k in range(nblk):
+        total += partials[k]
+        if first_bad < 0 and firsts[k] >= 0:
+            first_bad = firsts[k]
+    return first_bad, total
+
+
+@hjit()
+def _sum_block(v, vs, Q, n, k):
+    """float64 sum of rows [k*_RED_BLOCK, (k+1)*_RED_BLOCK) of the n values."""
+    r, p, q = _block_start(k, Q)
+    r1 = min(r + _RED_BLOCK, n)
+    acc = 0.0
+    while r < r1:
+        m = min(Q - q, r1 - r)
+        b = vs[0] + p * vs[1] + q * vs[2]
+        if vs[2] == 1:
+            seg = crow(v, b, m)
+            for i in range(m):
+                acc += seg[i]
+        else:
+            for i in range(m):
+                acc += v[b + i * vs[2]]
+        r += m
+        q = 0
+        p += 1
+    return acc
+
+
+@pjit()
+def _sum_kernel(v, vs, P, Q):
+    v = _b(v)
+    n = P * Q
+    nblk = (n + _RED_BLOCK - 1) // _RED_BLOCK
+    partials = np.empty(nblk, np.float64)
+    for k in prange(nblk):
+        partials[k] = _sum_block(v, vs, Q, n, k)
+    total = 0.0
+    for k in range(nblk):
+        total += partials[k]
+    return total
+
+
+# ---------------------------------------------------------------------------- small C
+
+
+@hjit()
+def _small_labels(labels, n, T, XY, WY, OK, w, ignore):
+    """x[y], w[y] (0 if ignored) and 1/0 (counted/ignored) of a block's rows."""
+    R = _SMALL_R
+    for j in range(n):
+        y = labels[j]
+        ok = y != ignore
+        yy = y if ok else 0
+        XY[j] = T[yy * R + j]
+        WY[j] = w[yy] if ok else np.float32(0.0)
+        OK[j] = np.float32(1.0) if ok else np.float32(0.0)
+
+
+_SMALL_VECS = 10  # per-row scratch vectors of _small_block after the C class vectors
+
+
+@hjit()
+def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, orr,
+                 g, gb, gr, sc, sb, sr, mode, scratch):
+    """Cross-entropy of n <= _SMALL_R float32 rows starting at x[xb], x[xb + xr], ...:
+    copied class-major into T, then max, sums, losses and gradients vectorised across rows.
+    Only the copy in and out (and the label gathers) are per-row scalar code."""
+    R = _SMALL_R
+    T = crow(scratch, 0, C * R)
+    M = crow(scratch, C * R, R)          # shift
+    S = crow(scratch, (C + 1) * R, R)    # sum exp
+    D = crow(scratch, (C + 2) * R, R)    # sum w (m - x), for smoothing
+    XY = crow(scratch, (C + 3) * R, R)   # x[y]
+    WY = crow(scratch, (C + 4) * R, R)   # w[y], 0 for ignored rows
+    OK = crow(scratch, (C + 5) * R, R)   # 1 for counted rows, 0 for ignored ones
+    SC = crow(scratch, (C + 6) * R, R)   # grad_scale
+    LS = crow(scratch, (C + 7) * R, R)   # loss
+    KK = crow(scratch, (C + 8) * R, R)   # gradient factor s * A / sum
+    LG = crow(scratch, (C + 9) * R, R)   # log(sum)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    ninf = np.float32(-np.inf)
+    for c in range(C):
+        for j in range(n):
+            T[c * R + j] = x[xb + j * xr + c]
+    if lr == 1:
+        _small_labels(crow(lab, lb, n), n, T, XY, WY, OK, w, ignore)
+    else:
+        _small_labels(srow(lab, lb, n, lr), n, T, XY, WY, OK, w, ignore)
+    for j in range(n):
+        SC[j] = sc[sb + j * sr]
+    for j in range(n):
+        M[j] = ninf
+        S[j] = zero
+        D[j] = zero
+    for c in range(C):
+        for j in range(n):
+            M[j] = fmax(M[j], T[c * R + j])
+    for j in range(n):
+        M[j] = zero if (M[j] == np.inf or M[j] == -np.inf) else M[j]
+    for c in range(C):
+        for j in range(n):
+            S[j] += cexp(T[c * R + j] - M[j])
+    if eps > 0.0:
+        for c in range(C):
+            wc = w[c]
+            for j in range(n):
+                D[j] += wc * (M[j] - T[c * R + j])
+    omeps = np.float32(1.0 - eps)
+    ec = np.float32(eps / C)
+    Wf = np.float32(W)
+    zf = np.float32(z)
+    for j in range(n):
+        LG[j] = clog(S[j])
+        LS[j] = omeps * WY[j] * diff_add(M[j], XY[j], LG[j])
+        KK[j] = omeps * WY[j] + ec * Wf
+    if eps > 0.0:
+        for j in range(n):
+            LS[j] += ec * (Wf * LG[j] + D[j])
+    if z > 0.0:
+        for j in range(n):
+            lse = M[j] + LG[j]
+            LS[j] += zf * WY[j] * lse * lse
+            KK[j] += np.float32(2.0) * zf * WY[j] * lse
+    for j in range(n):
+        KK[j] = SC[j] * KK[j] / S[j]
+    if orr == 1:
+        dst = crow(out, ob, n)
+        for j in range(n):
+            dst[j] = LS[j] if OK[j] != zero else zero
+    else:
+        for j in range(n):
+            out[ob + j * orr] = LS[j] if OK[j] != zero else zero
+    if mode == _FWD:
+        return
+    for c in range(C):
+        k2 = ec * w[c]
+        for j in range(n):
+            T[c * R + j] = cexp(T[c * R + j] - M[j]) * KK[j] - k2 * SC[j]
+    for j in range(n):
+        grow = crow(g, gb + j * gr, C)
+        if OK[j] == zero:
+            for c in range(C):
+                grow[c] = zero
+            continue
+        for c in range(C):
+            grow[c] = T[c * R + j]
+        y = lab[lb + j * lr]
+        grow[y] = T[y * R + j] - SC[j] * omeps * WY[j]
+
+
+@pjit()
+def _small_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss,
+                  mode):
+    x, lab, w, out, g, sc = _b(x), _b(lab), _b(w), _b(out), _b(g), _b(sc)
+    R = _SMALL_R
+    nqb = (Q + R - 1) // R
+    nblk = P * nqb
+    nchunk = (nblk + _SMALL_CHUNK - 1) // _SMALL_CHUNK
+    for k in prange(nchunk):
+        scratch = cempty(x, (C + _SMALL_VECS) * R)
+        for i in range(k * _SMALL_CHUNK, min((k + 1) * _SMALL_CHUNK, nblk)):
+            p = i // nqb
+            q = (i - p * nqb) * R
+            n = min(R, Q - q)
+            _small_block(x, xs[0] + p * xs[1] + q * xs[2], xs[2], n, C,
+                         lab, ls[0] + p * ls[1] + q * ls[2], ls[2], w, W, ignore, eps, z,
+                         out, os[0] + p * os[1] + q * os[2], os[2],
+                         g, gs[0] + p * gs[1] + q * gs[2], gs[2],
+                         sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode, scratch)
+
+
+# ============================================================================ launchers
+
+_NO_SCALE = np.zeros(1, np.float64)
+
+
+def _weights(weight, C, dtype):
+    """(w, W): the class weights as a flat buffer (ones when `weight` is empty, "no
+    weight"), and their float64 sum (C without weight)."""
+    if weight.size == 0:
+        return np.ones(C, dtype), float(C)
+    w = _flat(weight)[0]
+    return w, float(np.sum(w, dtype=np.float64))
+
+
+def _rows_per_chunk(n, C):
+    """Rows per parallel work item: about 32k elements, at least 4 items per thread.
+    (Per-row results do not depend on it.)"""
+    return max(1, min(n // (4 * numba.get_num_threads()), 32768 // max(C, 1)))
+
+
+def _rows(x, out, mode):
+    P, Q, C = x.shape
+    n = P * Q
+    if n == 0 or (C == 0 and mode != _LSE):
+        return
+    if mode != _LSE and not _same_memory(out, x) and _overlaps(out, (x,)):
+        tmp = np.empty(out.shape, out.dtype)
+        _rows(x, tmp, mode)
+        np.copyto(out, tmp)
+        return
+    xb, xs = _flat(x)
+    ob, os = _flat(out)
+    if mode == _LSE:
+        os = os + (0,)
+    _rows_kernel(xb, xs, P, Q, C, ob, os, mode, _rows_per_chunk(n, C))
+
+
+def logsumexp(x, out, stream=None):
+    """out[p, q] = logsumexp(x[p, q, :]) (PyTorch's conventions), in x's dtype."""
+    _rows(x, out, _LSE)
+
+
+def log_softmax(x, out, stream=None):
+    """out = x - logsumexp(x) along the class axis, in x's dtype (out may be x itself)."""
+    _rows(x, out, _LOG_SOFTMAX)
+
+
+def softmax(x, out, stream=None):
+    """out = exp(x - logsumexp(x)) along the class axis, in x's dtype (out may be x)."""
+    _rows(x, out, _SOFTMAX)
+
+
+def label_stats(labels, num_classes, ignore_index, weight, stream=None):
+    """(first_bad, total): the first row whose label is outside [0, num_classes) and not
+    ignore_index (-1 if none), and the float64 sum of weight[y] over the other non-ignored
+    rows (their count without weight), summed over fixed blocks combined in order."""
+    P, Q = labels.shape
+    if P * Q == 0:
+        return -1, 0.0
+    lb, ls = _flat(labels)
+    first, total = _label_stats_kernel(lb, ls, P, Q, int(num_classes), int(ignore_index),
+                                       _weights(weight, int(num_classes), weight.dtype)[0])
+    return int(first), float(total)
+
+
+def _grad_layout(x, xb, xs, grad_scale, grad_out):
+    """(mode, g, gs, sc, ss): the gradient buffer/layout and grad_scale buffer/layout of a
+    call; mode _FWD without grad_out, _INPLACE when grad_out is x itself, else _GRAD."""
+    if grad_out is None:
+        return _FWD, xb, xs, _NO_SCALE, (0, 0, 0)
+    sb, ss = _flat(grad_scale)
+    if _same_memory(grad_out, x):
+        return _INPLACE, xb, xs, sb, ss
+    gb, gs = _flat(grad_out)
+    return _GRAD, gb, gs, sb, ss
+
+
+def _via_temporary(grad_out, inputs) -> bool:
+    """Whether grad_out overlaps an input without being x itself: the launcher then writes
+    the gradient to a temporary and copies it (never the case for the public layer)."""
+    return grad_out is not None and grad_out.size > 0 and not _same_memory(grad_out, inputs[0]) \
+        and _overlaps(grad_out, inputs)
+
+
+def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
+                  grad_scale=None, grad_out=None, stream=None):
+    """Per-row cross-entropy into loss_out; with grad_out, also the gradient (one pass).
+
+    Labels must have been checked (label_stats): each is ignore_index or in [0, C).
+    grad_out may be x itself (in-place gradient: its own compiled loops)."""
+    P, Q, C = x.shape
+    if P * Q == 0:
+        return
+    if _via_temporary(grad_out, (x, labels, weight, loss_out)):
+        tmp = np.empty(grad_out.shape, grad_out.dtype)
+        cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
+                      grad_scale, tmp)
+        np.copyto(grad_out, tmp)
+        return
+    xb, xs = _flat(x)
+    lb, ls = _flat(labels)
+    ob, os = _flat(loss_out)
+    mode, gb, gs, sb, ss = _grad_layout(x, xb, xs, grad_scale, grad_out)
+    w, W = _weights(weight, C, loss_out.dtype)
+    args = (xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
+            float(z_loss), ob, os, gb, gs, sb, ss, mode)
+    if C <= _SMALL_C and x.dtype == np.float32 and xs[3] == 1 and gs[3] == 1:
+        _small_kernel(*args)
+    else:
+        _ce_kernel(*args, _rows_per_chunk(P * Q, C))
+
+
+def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out, grad_scale=None,
+                       grad_out=None, stream=None):
+    """Per-row soft-target cross-entropy into loss_out; with grad_out, also the gradient.
+
+    grad_out may be x itself (in-place gradient)."""
+    P, Q, C = x.shape
+    if P * Q == 0:
+        return
+    if _via_temporary(grad_out, (x, probs, weight, loss_out)):
+        tmp = np.empty(grad_out.shape, grad_out.dtype)
+        cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out, grad_scale, tmp)
+        np.copyto(grad_out, tmp)
+        return
+    xb, xs = _flat(x)
+    pb, ps = _flat(probs)
+    ob, os = _flat(loss_out)
+    mode, gb, gs, sb, ss = _grad_layout(x, xb, xs, grad_scale, grad_out)
+    w, _ = _weights(weight, C, loss_out.dtype)
+    _soft_kernel(xb, xs, P, Q, C, pb, ps, w, float(smoothing), float(z_loss), ob, os,
+                 gb, gs, sb, ss, mode, _rows_per_chunk(P * Q, C))
+
+
+def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
+    """loss_out[p, q] = -weight[y] * logp[p, q, y] (0 where y == ignore_index)."""
+    P, Q, C = logp.shape
+    if P * Q == 0:
+        return
+    xb, xs = _flat(logp)
+    lb, ls = _flat(labels)
+    ob, os = _flat(loss_out)
+    w, _ = _weights(weight, C, loss_out.dtype)
+    _nll_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os)
+
+
+def sum_rows(values, scale, out, stream=None):
+    """out[0] = scale * sum(values) for a (P, Q) array, accumulated in float64 over fixed
+    blocks of rows combined in order (bit-identical at every thread count)."""
+    P, Q = values.shape
+    total = 0.0
+    if P * Q:
+        vb, vs = _flat(values)
+        total = _sum_kernel(vb, vs, P, Q)
+    out[0] = scale * total
