@@ -1,186 +1,145 @@
 """`nbxent bench`: cross_entropy against its peers on built-in random data.
 
-Every library runs on the same inputs; their results are checked against each other before
+Every library runs on the same inputs; their losses are checked against each other before
 any timing counts; rounds are interleaved (one call of each library per round) and the
-median is reported, so that the noise of a shared machine hits every library alike.
+median is reported, so that the noise of a shared machine hits every library alike. The
+read bandwidth of the machine is measured in the same run (a parallel float64-accumulated
+sum over the same logits) so that throughput can be quoted as a fraction of it.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 DEFAULT_SHAPES = [(65536, 1000), (4096, 32000), (1024, 128256), (1_000_000, 10), (4_000_000, 2)]
 QUICK_SHAPES = [(8192, 1000), (256, 32000), (200_000, 10)]
+READ_BANDWIDTH = "read bandwidth (sum)"
 
 
 @dataclass
 class Peer:
-    """One library's way of computing the benchmarked operation."""
+    """One library's way of computing the benchmarked operation on (x, y)."""
 
     name: str
-    prepare: callable  # (logits, labels) -> zero-argument callable returning the loss
-    bytes_factor: float = 1.0  # bytes moved per logit element relative to one read
-    timings: dict = field(default_factory=dict)
+    run: Callable[[], float]                 # computes the loss (timed)
+    bytes_moved: float                       # bytes a perfect kernel moves per call
+    reset: Callable[[], None] | None = None  # untimed, before each timed call
 
 
-def _nbxent_peers(mode: str):
+def _nbxent_peers(mode: str, x, y):
     import nbxent
 
     if mode == "forward":
-        return [Peer("nbxent", lambda x, y: (lambda: nbxent.cross_entropy(x, y)))]
-
-    def fused(x, y):
-        return lambda: nbxent.cross_entropy_with_grad(x, y)[0]
-
-    def fused_inplace(x, y):
-        buf = x.copy()
-
-        def run():
-            buf[...] = x  # restore the logits the previous call overwrote; timed with it
-            return nbxent.cross_entropy_with_grad(buf, y, inplace=True)[0]
-
-        return run
-
-    return [Peer("nbxent", fused, 2.0), Peer("nbxent inplace (+copy)", fused_inplace, 4.0)]
+        return [Peer("nbxent", lambda: nbxent.cross_entropy(x, y), x.nbytes)]
+    grad = np.empty_like(x)
+    grad.fill(0)  # pre-fault the pages; the gradient buffer below is then a fresh array
+    buf = x.copy()
+    return [
+        Peer("nbxent", lambda: nbxent.cross_entropy_with_grad(x, y)[0], 2 * x.nbytes),
+        Peer("nbxent inplace", lambda: nbxent.cross_entropy_with_grad(buf, y, inplace=True)[0],
+             2 * x.nbytes, reset=lambda: np.copyto(buf, x)),
+    ]
 
 
-def _torch_peer(mode: str, threads: int):
+def _torch_peer(mode: str, threads: int, x, y):
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(threads)
     F = torch.nn.functional
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    name = f"torch {torch.__version__.split('+')[0]}"
+    if mode == "forward":
+        def forward():
+            with torch.no_grad():
+                return F.cross_entropy(tx, ty).item()
+        return Peer(name, forward, x.nbytes)
 
-    def prepare(x, y):
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        if mode == "forward":
-            def run():
-                with torch.no_grad():
-                    return F.cross_entropy(tx, ty).item()
-            return run
-
-        def run_backward():
-            leaf = tx.detach().requires_grad_(True)
-            loss = F.cross_entropy(leaf, ty)
-            loss.backward()
-            return loss.item()
-        return run_backward
-
-    return Peer(f"torch {torch.__version__}", prepare, 1.0 if mode == "forward" else 2.0)
+    def forward_backward():
+        leaf = tx.detach().requires_grad_(True)
+        loss = F.cross_entropy(leaf, ty)
+        loss.backward()
+        return loss.item()
+    return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes)
 
 
-def _reference_peer():
-    from nbxent import reference
-
-    return Peer("reference (float64 NumPy)", lambda x, y: (lambda: reference.cross_entropy(x, y)))
-
-
-def run():
-            buf[...] = x  # restore the logits the previous call overwrote; timed with it
-            return nbxent.cross_entropy_with_grad(buf, y, inplace=True)[0]
-
-        return run
-
-    return [Peer("nbxent", fused, 2.0), Peer("nbxent inplace (+copy)", fused_inplace, 4.0)]
-
-
-def _torch_peer(mode: str, threads: int):
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    F = torch.nn.functional
-
-    def prepare(x, y):
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        if mode == "forward":
-            def run():
-                with torch.no_grad():
-                    return F.cross_entropy(tx, ty).item()
-            return run
-
-        def run_backward():
-            leaf = tx.detach().requires_grad_(True)
-            loss = F.cross_entropy(leaf, ty)
-            loss.backward()
-            return loss.item()
-        return run_backward
-
-    return Peer(f"torch {torch.__version__}", prepare, 1.0 if mode == "forward" else 2.0)
-
-
-def _reference_peer():
-    from nbxent import reference
-
-    return Peer("reference (float64 NumPy)", lambda x, y: (lambda: reference.cross_entropy(x, y)))
-
-
-def _read_bandwidth(x: np.ndarray, rounds: int) -> float:
-    """Bytes/s of a parallel Numba sum over x: the machine's read bound for this array."""
+def _bandwidth_peer(x):
     from nbxent.cpu.softmax import sum_rows
 
-    view = x.reshape(1, x.shape[0], x.shape[1])[0]
     out = np.empty(1, np.float64)
-    sum_rows(view.astype(np.float64, copy=False) if x.dtype != np.float64 else view, 1.0, out)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        sum_rows(view, 1.0, out)
-        times.append(time.perf_counter() - t0)
-    return x.nbytes / statistics.median(times)
+
+    flat = x.reshape(1, -1)  # one long row: the read rate does not depend on C
+
+    def read_all():
+        sum_rows(flat, 1.0, out)
+        return float("nan")
+
+    return Peer(READ_BANDWIDTH, read_all, x.nbytes)
+
+
+def _time(peer: Peer) -> float:
+    if peer.reset is not None:
+        peer.reset()
+    t0 = time.perf_counter()
+    peer.run()
+    return time.perf_counter() - t0
 
 
 def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None = None,
         include_reference: bool = True, printer=print) -> list[dict]:
-    """Benchmark and print a table; returns one dict per (shape, library)."""
+    """Benchmark cross_entropy (mode "forward" or "fused"), print a table, return its rows."""
     import numba
+
+    from nbxent import reference
 
     threads = threads or numba.get_num_threads()
     numba.set_num_threads(threads)
-    shapes = shapes or DEFAULT_SHAPES
     rng = np.random.default_rng(0)
     rows = []
     printer(f"cross_entropy {mode}, float32, reduction='mean', {threads} threads, "
             f"median of {rounds} interleaved rounds")
-    header = f"{'shape':>16}  {'library':<28}{'ms':>10}{'elem/ns':>9}{'GB/s':>8}{'x nbxent':>10}"
-    printer(header)
-    for n, c in shapes:
-        x = (rng.standard_normal((n, c), dtype=np.float32) * 2).astype(np.float32)
+    printer(f"{'shape':>16}  {'library':<26}{'ms':>10}{'elem/ns':>9}{'GB/s':>8}{'% read bw':>10}"
+            f"{'x nbxent':>10}")
+    for n, c in shapes or DEFAULT_SHAPES:
+        x = rng.standard_normal((n, c), dtype=np.float32) * 2
         y = rng.integers(0, c, n)
-        peers = _nbxent_peers(mode)
-        torch_peer = _torch_peer(mode, threads)
+        peers = _nbxent_peers(mode, x, y)
+        torch_peer = _torch_peer(mode, threads, x, y)
         if torch_peer is not None:
             peers.append(torch_peer)
         if include_reference and n * c <= 70_000_000:
-            peers.append(_reference_peer())
-        runs = {p.name: p.prepare(x, y) for p in peers}
-        values = {name: float(fn()) for name, fn in runs.items()}  # warm-up, compile
-        want = values[peers[0].name]
-        for name, v in values.items():
-            if not np.isclose(v, want, rtol=1e-5):
-                raise RuntimeError(f"{name} gives {v} on {(n, c)} but nbxent gives {want}")
+            peers.append(Peer("reference (float64 NumPy)", lambda: reference.cross_entropy(x, y), x.nbytes))
+        want = float(peers[0].run())  # also compiles
+        for p in peers:
+            if p.reset is not None:
+                p.reset()
+            got = float(p.run())
+            if not np.isclose(got, want, rtol=1e-5):
+                raise RuntimeError(f"{p.name} gives {got} on {(n, c)} but nbxent gives {want}")
+        peers.append(_bandwidth_peer(x))
+        peers[-1].run()
         times = {p.name: [] for p in peers}
         for _ in range(rounds):
-            for name, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-        base = statistics.median(times[peers[0].name])
+            for p in peers:
+                times[p.name].append(_time(p))
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        bandwidth = x.nbytes / medians[READ_BANDWIDTH]
         for p in peers:
-            t = statistics.median(times[p.name])
+            t = medians[p.name]
             row = {
-                "shape": [n, c], "library": p.name, "mode": mode, "seconds": t,
-                "elements_per_ns": n * c / t / 1e9,
-                "gb_per_s": p.bytes_factor * x.nbytes / t / 1e9,
-                "speedup_of_nbxent": t / base,
+                "shape": [n, c], "library": p.name, "mode": mode, "threads": threads,
+                "seconds": t, "elements_per_ns": n * c / t / 1e9, "gb_per_s": p.bytes_moved / t / 1e9,
+                "fraction_of_read_bandwidth": p.bytes_moved / t / bandwidth,
+                "time_over_nbxent": t / medians[peers[0].name],
             }
             rows.append(row)
-            printer(f"{str((n, c)):>16}  {p.name:<28}{t * 1e3:>10.2f}{row['elements_per_ns']:>9.2f}"
-                    f"{row['gb_per_s']:>8.1f}{row['speedup_of_nbxent']:>10.2f}")
+            printer(f"{str((n, c)):>16}  {p.name:<26}{t * 1e3:>10.2f}{row['elements_per_ns']:>9.2f}"
+                    f"{row['gb_per_s']:>8.1f}{100 * row['fraction_of_read_bandwidth']:>9.0f}%"
+                    f"{row['time_over_nbxent']:>10.2f}")
     return rows
