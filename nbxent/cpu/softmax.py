@@ -449,22 +449,47 @@ def _block_start(k, Q):
 
 
 @hjit()
+def _label_seg(seg, C, ignore, w):
+    """(number of bad labels, sum of w[y] over counted labels; their count without weight)
+    of a contiguous run of labels: branch-free, so that it vectorises."""
+    bad = 0
+    tot = 0.0
+    for i in range(seg.size):
+        y = seg[i]
+        inr = (y >= 0) & (y < C)
+        bad += 0 if (inr | (y == ignore)) else 1
+        ok = inr & (y != ignore)
+        if w.size == 0:
+            tot += 1.0 if ok else 0.0
+        else:
+            tot += float(w[y if ok else 0]) if ok else 0.0
+    return bad, tot
+
+
+@hjit()
 def _label_block(lab, ls, Q, n, C, ignore, w, k):
     """(first bad row, sum of w[y]) over rows [k*_RED_BLOCK, (k+1)*_RED_BLOCK) of n."""
-    r0, p, q = _block_start(k, Q)
+    r, p, q = _block_start(k, Q)
+    r1 = min(r + _RED_BLOCK, n)
     first = -1
     tot = 0.0
-    for r in range(r0, min(r0 + _RED_BLOCK, n)):
-        y = lab[ls[0] + p * ls[1] + q * ls[2]]
-        if y != ignore:
-            if 0 <= y < C:
-                tot += 1.0 if w.size == 0 else float(w[y])
-            elif first < 0:
-                first = r
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+    while r < r1:
+        m = min(Q - q, r1 - r)
+        b = ls[0] + p * ls[1] + q * ls[2]
+        if ls[2] == 1:
+            bad, t = _label_seg(crow(lab, b, m), C, ignore, w)
+        else:
+            bad, t = _label_seg(srow(lab, b, m, ls[2]), C, ignore, w)
+        tot += t
+        if bad > 0 and first < 0:
+            for i in range(m):
+                y = lab[b + i * ls[2]]
+                if y != ignore and not (0 <= y < C):
+                    first = r + i
+                    break
+        r += m
+        q = 0
+        p += 1
     return first, tot
 
 
@@ -713,6 +738,7 @@ def label_stats(labels, num_classes, ignore_index, weight, stream=None):
         return -1, 0.0
     lb, ls = _flat(labels)
     first, total = _label_stats_kernel(lb, ls, P, Q, int(num_classes), int(ignore_index),
+                                       weight if weight.size == 0 else
                                        _weights(weight, int(num_classes), weight.dtype)[0])
     return int(first), float(total)
 
