@@ -214,192 +214,149 @@ def _kernels(ct):
                     c += nt
             r += cuda.gridDim.x
 
-    # ------------------------------------------------------------------ cross-entropy, hard labels
+    def cross_entropy_kernels(with_grad):
+        """hard_small, hard_block, soft_small, soft_block; `with_grad` is a compile-time
+        constant (numba-cuda cannot launch with None for an absent gradient): without it the
+        gscale and grad arguments are placeholders that are never touched."""
 
-    @cuda.jit
-    def hard_small(x, labels, w, ignore, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad):
-        n_q = x.shape[1]
-        n_cls = x.shape[2]
-        n_rows = x.shape[0] * n_q
-        has_w = w.shape[0] > 0
-        r = cuda.grid(1)
-        while r < n_rows:
-            p = r // n_q
-            q = r - p * n_q
-            y = labels[p, q]
-            if y == ignore or y < 0 or y >= n_cls:
-                fill = zero if y == ignore else nan
-                loss[p, q] = fill
-                if grad is not None:
-                    for c in range(n_cls):
-                        grad[p, q, c] = fill
-            else:
-                ref = ref_value(x, p, q, n_cls)
-                m = neg_inf
-                s = zero
-                swx = zero
-                wsum = zero
-                for c in range(n_cls):
-                    v = ct(x[p, q, c])
-                    m, s = online(m, s, v)
-                    if eps_on:
-                        wc = w[c] if has_w else one
-                        swx += wc * (v - ref)
-                        wsum += wc
-                if not has_w:
-                    wsum = ct(n_cls)
-                base, rest = split(m, s)
-                wy = w[y] if has_w else one
-                loss[p, q] = hard_loss(base, rest, ct(x[p, q, y]), wy, swx, wsum, ref,
-                                       om_eps, eps_c, eps_on, z, z_on)
-                if grad is not None:
-                    a = hard_coef(base + rest, wy, wsum, om_eps, eps_c, eps_on, z, z_on)
-                    ayw = om_eps * wy
-                    sc = ct(gscale[p, q])
-                    for c in range(n_cls):
-                        wc = w[c] if eps_on and has_w else one
-                        grad[p, q, c] = sc * hard_grad(ct(x[p, q, c]), base, rest, a, c == y,
-                                                       ayw, eps_c, eps_on, wc)
-            r += cuda.gridsize(1)
+        # ------------------------------------------------------------------ cross-entropy, hard labels
 
-    @cuda.jit
-    def hard_block(x, labels, w, ignore, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad,
-                   lanes):
-        sm = cuda.shared.array(MAX_LANES, ct)
-        ss = cuda.shared.array(MAX_LANES, ct)
-        sa = cuda.shared.array(MAX_LANES, ct)
-        sb = cuda.shared.array(MAX_LANES, ct)
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        n_q = x.shape[1]
-        n_cls = x.shape[2]
-        n_rows = x.shape[0] * n_q
-        has_w = w.shape[0] > 0
-        r = cuda.blockIdx.x
-        while r < n_rows:
-            p = r // n_q
-            q = r - p * n_q
-            y = labels[p, q]
-            if y == ignore or y < 0 or y >= n_cls:
-                fill = zero if y == ignore else nan
-                if tid == 0:
+        @cuda.jit
+        def hard_small(x, labels, w, ignore, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad):
+            n_q = x.shape[1]
+            n_cls = x.shape[2]
+            n_rows = x.shape[0] * n_q
+            has_w = w.shape[0] > 0
+            r = cuda.grid(1)
+            while r < n_rows:
+                p = r // n_q
+                q = r - p * n_q
+                y = labels[p, q]
+                if y == ignore or y < 0 or y >= n_cls:
+                    fill = zero if y == ignore else nan
                     loss[p, q] = fill
-                if grad is not None:
-                    c = tid
-                    while c < n_cls:
-                        grad[p, q, c] = fill
-                        c += nt
-            else:
-                ref = ref_value(x, p, q, n_cls)
-                xy = zero
-                if tid == 0:
-                    xy = ct(x[p, q, y])  # before the barrier: grad may overwrite x
-                lane = tid
-                while lane < lanes:
+                    if with_grad:
+                        for c in range(n_cls):
+                            grad[p, q, c] = fill
+                else:
+                    ref = ref_value(x, p, q, n_cls)
                     m = neg_inf
                     s = zero
                     swx = zero
                     wsum = zero
-                    c = lane
-                    while c < n_cls:
+                    for c in range(n_cls):
                         v = ct(x[p, q, c])
                         m, s = online(m, s, v)
                         if eps_on:
                             wc = w[c] if has_w else one
                             swx += wc * (v - ref)
                             wsum += wc
-                        c += lanes
-                    sm[lane] = m
-                    ss[lane] = s
-                    sa[lane] = swx
-                    sb[lane] = wsum
-                    lane += nt
-                m, s, swx, wsum = tree_ms_ab(sm, ss, sa, sb, lanes, eps_on)
-                if not has_w:
-                    wsum = ct(n_cls)
-                base, rest = split(m, s)
-                wy = w[y] if has_w else one
-                if tid == 0:
-                    loss[p, q] = hard_loss(base, rest, xy, wy, swx, wsum, ref,
+                    if not has_w:
+                        wsum = ct(n_cls)
+                    base, rest = split(m, s)
+                    wy = w[y] if has_w else one
+                    loss[p, q] = hard_loss(base, rest, ct(x[p, q, y]), wy, swx, wsum, ref,
                                            om_eps, eps_c, eps_on, z, z_on)
-                if grad is not None:
-                    a = hard_coef(base + rest, wy, wsum, om_eps, eps_c, eps_on, z, z_on)
-                    ayw = om_eps * wy
-                    sc = ct(gscale[p, q])
-                    c = tid
-                    while c < n_cls:
-                        wc = w[c] if eps_on and has_w else one
-                        grad[p, q, c] = sc * hard_grad(ct(x[p, q, c]), base, rest, a, c == y,
-                                                       ayw, eps_c, eps_on, wc)
-                        c += nt
-            r += cuda.gridDim.x
+                    if with_grad:
+                        a = hard_coef(base + rest, wy, wsum, om_eps, eps_c, eps_on, z, z_on)
+                        ayw = om_eps * wy
+                        sc = ct(gscale[p, q])
+                        for c in range(n_cls):
+                            wc = w[c] if eps_on and has_w else one
+                            grad[p, q, c] = sc * hard_grad(ct(x[p, q, c]), base, rest, a, c == y,
+                                                           ayw, eps_c, eps_on, wc)
+                r += cuda.gridsize(1)
 
-    # ------------------------------------------------------------------ cross-entropy, soft targets
+        @cuda.jit
+        def hard_block(x, labels, w, ignore, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad,
+                       lanes):
+            sm = cuda.shared.array(MAX_LANES, ct)
+            ss = cuda.shared.array(MAX_LANES, ct)
+            sa = cuda.shared.array(MAX_LANES, ct)
+            sb = cuda.shared.array(MAX_LANES, ct)
+            tid = cuda.threadIdx.x
+            nt = cuda.blockDim.x
+            n_q = x.shape[1]
+            n_cls = x.shape[2]
+            n_rows = x.shape[0] * n_q
+            has_w = w.shape[0] > 0
+            r = cuda.blockIdx.x
+            while r < n_rows:
+                p = r // n_q
+                q = r - p * n_q
+                y = labels[p, q]
+                if y == ignore or y < 0 or y >= n_cls:
+                    fill = zero if y == ignore else nan
+                    if tid == 0:
+                        loss[p, q] = fill
+                    if with_grad:
+                        c = tid
+                        while c < n_cls:
+                            grad[p, q, c] = fill
+                            c += nt
+                else:
+                    ref = ref_value(x, p, q, n_cls)
+                    xy = zero
+                    if tid == 0:
+                        xy = ct(x[p, q, y])  # before the barrier: grad may overwrite x
+                    lane = tid
+                    while lane < lanes:
+                        m = neg_inf
+                        s = zero
+                        swx = zero
+                        wsum = zero
+                        c = lane
+                        while c < n_cls:
+                            v = ct(x[p, q, c])
+                            m, s = online(m, s, v)
+                            if eps_on:
+                                wc = w[c] if has_w else one
+                                swx += wc * (v - ref)
+                                wsum += wc
+                            c += lanes
+                        sm[lane] = m
+                        ss[lane] = s
+                        sa[lane] = swx
+                        sb[lane] = wsum
+                        lane += nt
+                    m, s, swx, wsum = tree_ms_ab(sm, ss, sa, sb, lanes, eps_on)
+                    if not has_w:
+                        wsum = ct(n_cls)
+                    base, rest = split(m, s)
+                    wy = w[y] if has_w else one
+                    if tid == 0:
+                        loss[p, q] = hard_loss(base, rest, xy, wy, swx, wsum, ref,
+                                               om_eps, eps_c, eps_on, z, z_on)
+                    if with_grad:
+                        a = hard_coef(base + rest, wy, wsum, om_eps, eps_c, eps_on, z, z_on)
+                        ayw = om_eps * wy
+                        sc = ct(gscale[p, q])
+                        c = tid
+                        while c < n_cls:
+                            wc = w[c] if eps_on and has_w else one
+                            grad[p, q, c] = sc * hard_grad(ct(x[p, q, c]), base, rest, a, c == y,
+                                                           ayw, eps_c, eps_on, wc)
+                            c += nt
+                r += cuda.gridDim.x
 
-    @cuda.jit
-    def soft_small(x, probs, w, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad):
-        n_q = x.shape[1]
-        n_cls = x.shape[2]
-        n_rows = x.shape[0] * n_q
-        has_w = w.shape[0] > 0
-        r = cuda.grid(1)
-        while r < n_rows:
-            p = r // n_q
-            q = r - p * n_q
-            ref = ref_value(x, p, q, n_cls)
-            m = neg_inf
-            s = zero
-            swt = zero
-            swtx = zero
-            for c in range(n_cls):
-                v = ct(x[p, q, c])
-                m, s = online(m, s, v)
-                t = ct(probs[p, q, c])
-                if eps_on:
-                    t = om_eps * t + eps_c
-                if t != zero:
-                    wt = (w[c] if has_w else one) * t
-                    swt += wt
-                    swtx += wt * (v - ref)
-            base, rest = split(m, s)
-            loss[p, q] = soft_loss(base, rest, swt, swtx, ref, z, z_on)
-            if grad is not None:
-                b = swt + two * z * (base + rest) if z_on else swt
-                sc = ct(gscale[p, q])
-                for c in range(n_cls):
-                    t = ct(probs[p, q, c])
-                    if eps_on:
-                        t = om_eps * t + eps_c
-                    wt = (w[c] if has_w else one) * t
-                    pc = ct(math.exp((ct(x[p, q, c]) - base) - rest))
-                    grad[p, q, c] = sc * (pc * b - wt)
-            r += cuda.gridsize(1)
+        # ------------------------------------------------------------------ cross-entropy, soft targets
 
-    @cuda.jit
-    def soft_block(x, probs, w, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad, lanes):
-        sm = cuda.shared.array(MAX_LANES, ct)
-        ss = cuda.shared.array(MAX_LANES, ct)
-        sa = cuda.shared.array(MAX_LANES, ct)
-        sb = cuda.shared.array(MAX_LANES, ct)
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        n_q = x.shape[1]
-        n_cls = x.shape[2]
-        n_rows = x.shape[0] * n_q
-        has_w = w.shape[0] > 0
-        r = cuda.blockIdx.x
-        while r < n_rows:
-            p = r // n_q
-            q = r - p * n_q
-            ref = ref_value(x, p, q, n_cls)
-            lane = tid
-            while lane < lanes:
+        @cuda.jit
+        def soft_small(x, probs, w, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad):
+            n_q = x.shape[1]
+            n_cls = x.shape[2]
+            n_rows = x.shape[0] * n_q
+            has_w = w.shape[0] > 0
+            r = cuda.grid(1)
+            while r < n_rows:
+                p = r // n_q
+                q = r - p * n_q
+                ref = ref_value(x, p, q, n_cls)
                 m = neg_inf
                 s = zero
                 swt = zero
                 swtx = zero
-                c = lane
-                while c < n_cls:
+                for c in range(n_cls):
                     v = ct(x[p, q, c])
                     m, s = online(m, s, v)
                     t = ct(probs[p, q, c])
@@ -409,29 +366,79 @@ def _kernels(ct):
                         wt = (w[c] if has_w else one) * t
                         swt += wt
                         swtx += wt * (v - ref)
-                    c += lanes
-                sm[lane] = m
-                ss[lane] = s
-                sa[lane] = swt
-                sb[lane] = swtx
-                lane += nt
-            m, s, swt, swtx = tree_ms_ab(sm, ss, sa, sb, lanes, True)
-            base, rest = split(m, s)
-            if tid == 0:
+                base, rest = split(m, s)
                 loss[p, q] = soft_loss(base, rest, swt, swtx, ref, z, z_on)
-            if grad is not None:
-                b = swt + two * z * (base + rest) if z_on else swt
-                sc = ct(gscale[p, q])
-                c = tid
-                while c < n_cls:
-                    t = ct(probs[p, q, c])
-                    if eps_on:
-                        t = om_eps * t + eps_c
-                    wt = (w[c] if has_w else one) * t
-                    pc = ct(math.exp((ct(x[p, q, c]) - base) - rest))
-                    grad[p, q, c] = sc * (pc * b - wt)
-                    c += nt
-            r += cuda.gridDim.x
+                if with_grad:
+                    b = swt + two * z * (base + rest) if z_on else swt
+                    sc = ct(gscale[p, q])
+                    for c in range(n_cls):
+                        t = ct(probs[p, q, c])
+                        if eps_on:
+                            t = om_eps * t + eps_c
+                        wt = (w[c] if has_w else one) * t
+                        pc = ct(math.exp((ct(x[p, q, c]) - base) - rest))
+                        grad[p, q, c] = sc * (pc * b - wt)
+                r += cuda.gridsize(1)
+
+        @cuda.jit
+        def soft_block(x, probs, w, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad, lanes):
+            sm = cuda.shared.array(MAX_LANES, ct)
+            ss = cuda.shared.array(MAX_LANES, ct)
+            sa = cuda.shared.array(MAX_LANES, ct)
+            sb = cuda.shared.array(MAX_LANES, ct)
+            tid = cuda.threadIdx.x
+            nt = cuda.blockDim.x
+            n_q = x.shape[1]
+            n_cls = x.shape[2]
+            n_rows = x.shape[0] * n_q
+            has_w = w.shape[0] > 0
+            r = cuda.blockIdx.x
+            while r < n_rows:
+                p = r // n_q
+                q = r - p * n_q
+                ref = ref_value(x, p, q, n_cls)
+                lane = tid
+                while lane < lanes:
+                    m = neg_inf
+                    s = zero
+                    swt = zero
+                    swtx = zero
+                    c = lane
+                    while c < n_cls:
+                        v = ct(x[p, q, c])
+                        m, s = online(m, s, v)
+                        t = ct(probs[p, q, c])
+                        if eps_on:
+                            t = om_eps * t + eps_c
+                        if t != zero:
+                            wt = (w[c] if has_w else one) * t
+                            swt += wt
+                            swtx += wt * (v - ref)
+                        c += lanes
+                    sm[lane] = m
+                    ss[lane] = s
+                    sa[lane] = swt
+                    sb[lane] = swtx
+                    lane += nt
+                m, s, swt, swtx = tree_ms_ab(sm, ss, sa, sb, lanes, True)
+                base, rest = split(m, s)
+                if tid == 0:
+                    loss[p, q] = soft_loss(base, rest, swt, swtx, ref, z, z_on)
+                if with_grad:
+                    b = swt + two * z * (base + rest) if z_on else swt
+                    sc = ct(gscale[p, q])
+                    c = tid
+                    while c < n_cls:
+                        t = ct(probs[p, q, c])
+                        if eps_on:
+                            t = om_eps * t + eps_c
+                        wt = (w[c] if has_w else one) * t
+                        pc = ct(math.exp((ct(x[p, q, c]) - base) - rest))
+                        grad[p, q, c] = sc * (pc * b - wt)
+                        c += nt
+                r += cuda.gridDim.x
+
+        return hard_small, hard_block, soft_small, soft_block
 
     # ------------------------------------------------------------------ nll
 
@@ -458,8 +465,8 @@ def _kernels(ct):
     k = type("SoftmaxKernels", (), {})()
     k.lse_small, k.lse_block = lse_small, lse_block
     k.normalize_small, k.normalize_block = normalize_small, normalize_block
-    k.hard_small, k.hard_block = hard_small, hard_block
-    k.soft_small, k.soft_block = soft_small, soft_block
+    k.forward = cross_entropy_kernels(False)
+    k.with_grad = cross_entropy_kernels(True)
     k.nll_rows = nll_rows
     _KERNELS[ct] = k
     return k
@@ -613,6 +620,17 @@ def _unit_scale(x, stream):
     return strided_view(one, (int(x.shape[0]), int(x.shape[1])), (0, 0))
 
 
+def _gradient_arguments(k, x, loss_out, grad_scale, grad_out, stream):
+    """(kernel family, grad_scale, grad_out) to launch with: the forward-only family with
+    placeholders (loss_out, x: never read or written) when there is no gradient, else the
+    gradient family with grad_scale defaulting to 1."""
+    if grad_out is None:
+        return k.forward, loss_out, x
+    if grad_scale is None:
+        grad_scale = _unit_scale(x, stream)
+    return k.with_grad, grad_scale, grad_out
+
+
 def _smoothing_scalars(npct, smoothing, z_loss, n_cls):
     eps, z = float(smoothing), float(z_loss)
     eps_c = eps / n_cls if n_cls else 0.0
@@ -629,13 +647,10 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     ct, npct = _compute_types(x.dtype)
     k = _kernels(ct)
     om_eps, eps_c, eps_on, z, z_on = _smoothing_scalars(npct, smoothing, z_loss, int(x.shape[2]))
-    if grad_out is not None and grad_scale is None:
-        grad_scale = _unit_scale(x, stream)
-    if grad_out is None:
-        grad_scale = None
+    fam, grad_scale, grad_out = _gradient_arguments(k, x, loss_out, grad_scale, grad_out, stream)
     args = (x, labels, weight, np.int64(ignore_index), om_eps, eps_c, eps_on, z, z_on,
             loss_out, grad_scale, grad_out)
-    _launch_rows(k.hard_small, k.hard_block, x, args, stream)
+    _launch_rows(fam[0], fam[1], x, args, stream)
 
 
 def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out,
@@ -648,12 +663,9 @@ def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out,
     ct, npct = _compute_types(x.dtype)
     k = _kernels(ct)
     om_eps, eps_c, eps_on, z, z_on = _smoothing_scalars(npct, smoothing, z_loss, int(x.shape[2]))
-    if grad_out is not None and grad_scale is None:
-        grad_scale = _unit_scale(x, stream)
-    if grad_out is None:
-        grad_scale = None
+    fam, grad_scale, grad_out = _gradient_arguments(k, x, loss_out, grad_scale, grad_out, stream)
     args = (x, probs, weight, om_eps, eps_c, eps_on, z, z_on, loss_out, grad_scale, grad_out)
-    _launch_rows(k.soft_small, k.soft_block, x, args, stream)
+    _launch_rows(fam[2], fam[3], x, args, stream)
 
 
 def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
