@@ -5,6 +5,13 @@ NumPy arrays run on the CPU; CuPy arrays, Numba device arrays and anything with
 `nbxent.reference` holds the float64 NumPy oracle of every function.
 """
 
+from nbxent.binary import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_with_grad,
+    sigmoid_focal_loss,
+)
+from nbxent.divergences import entropy, kl_divergence, log_loss, softmax_focal_loss
 from nbxent.softmax import (
     cross_entropy,
     cross_entropy_with_grad,
@@ -17,8 +24,16 @@ from nbxent.softmax import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_with_grad",
+    "sigmoid_focal_loss",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "entropy",
+    "kl_divergence",
+    "log_loss",
+    "softmax_focal_loss",
     "log_softmax",
     "logsumexp",
     "nll_loss",

@@ -102,14 +102,26 @@ def target_kind(target_dtype, target_shape: tuple, logits_shape: tuple, axis: in
     )
 
 
-def check_weight_shape(weight_shape: tuple, num_classes: int, weight_dtype) -> None:
-    if np.dtype(weight_dtype).kind not in "iuf":
-        raise TypeError(f"weight must be a real array, got dtype {np.dtype(weight_dtype)}")
-    if tuple(weight_shape) != (num_classes,):
+def check_real_dtype(name: str, dtype) -> np.dtype:
+    """An option array (weight, pos_weight, alpha, grad_output) must hold real numbers."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real array, got dtype {dtype}")
+    return dtype
+
+
+def check_class_vector(name: str, shape: tuple, num_classes: int, dtype) -> None:
+    """A per-class option array (`weight`, focal `alpha`): real, shape (C,)."""
+    check_real_dtype(name, dtype)
+    if tuple(shape) != (num_classes,):
         raise ValueError(
-            f"weight has shape {tuple(weight_shape)} but logits have {num_classes} classes: "
+            f"{name} has shape {tuple(shape)} but the input has {num_classes} classes: "
             f"it must have shape ({num_classes},)"
         )
+
+
+def check_weight_shape(weight_shape: tuple, num_classes: int, weight_dtype) -> None:
+    check_class_vector("weight", weight_shape, num_classes, weight_dtype)
 
 
 def check_out(out_shape: tuple, out_dtype, want_shape: tuple, want_dtype, writeable: bool) -> None:
@@ -213,3 +225,58 @@ class RowLayout:
         if rows is None:
             return None
         return rows[0] + (shape[axis],), rows[1] + (strides[axis],)
+
+
+# --------------------------------------------------------------------------- divergences
+
+
+def check_same_shape(name_a: str, shape_a: tuple, name_b: str, shape_b: tuple) -> None:
+    if tuple(shape_a) != tuple(shape_b):
+        raise ValueError(
+            f"{name_a} has shape {tuple(shape_a)} but {name_b} has shape {tuple(shape_b)}; "
+            f"they must match"
+        )
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def probability_error(name: str, position: tuple, value, what: str = "outside [0, 1]") -> ValueError:
+    """A probability array holds a value it must not (found by a kernel's scan)."""
+    where = name + (f"[{', '.join(str(int(i)) for i in position)}]" if position else "")
+    return ValueError(f"{where} = {value} is {what}: {name} must hold probabilities in [0, 1]")
+
+
+# --------------------------------------------------------------------------- binary family
+
+
+def check_broadcast_to(name: str, shape: tuple, target_name: str, target_shape: tuple) -> None:
+    """`name` (of `shape`) must broadcast to `target_shape` without enlarging it (NumPy
+    rules: trailing axes equal or 1, no more dimensions than the target)."""
+    shape, target_shape = tuple(shape), tuple(target_shape)
+    ok = len(shape) <= len(target_shape) and all(
+        a == 1 or a == b for a, b in zip(reversed(shape), reversed(target_shape))
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} has shape {shape}, which does not broadcast to the shape {target_shape} "
+            f"of {target_name}"
+        )
+
+
+def check_binary_target_dtype(dtype) -> np.dtype:
+    """Targets of the binary losses: any float dtype, or integer/bool 0/1 values."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fiub":
+        raise TypeError(
+            f"target must be a float, integer or bool array of values in [0, 1], got dtype {dtype}"
+        )
+    return dtype
+
+
+def check_optional_real(name: str, value, low: float, high: float):
+    """None, or a real option within [low, high] (as `check_real`)."""
+    return None if value is None else check_real(name, value, low, high)

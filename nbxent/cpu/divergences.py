@@ -1,0 +1,423 @@
+"""CPU kernels of the divergence family: focal loss, entropy, KL divergence, log loss.
+
+Launchers (identical in nbxent/gpu/divergences.py; `stream` is ignored here):
+
+    prob_stats(a, sum_tol, stream=None) -> (first_outside, first_nan, first_unnormalised)
+        scan of a (P, Q, C) probability array: flat index r*C + c of the first element
+        outside [0, 1] (NaN is not "outside"), of the first NaN, and the first row number r
+        whose sum differs from 1 by more than sum_tol (not checked when sum_tol < 0); -1
+        for none. Host Python ints (the GPU syncs).
+    entropy(p, out, stream=None)              out[p, q] = -sum_c p_c log p_c (0 log 0 = 0)
+    entropy_logits(x, out, stream=None)       out[p, q] = entropy of softmax(x[p, q, :])
+    kl_div(p, q, out, stream=None)            out = sum_c p_c (log p_c - log q_c), terms with
+                                              p_c == 0 count 0 (a NaN q_c still propagates)
+    kl_div_logits(p, x, out, stream=None)     the same with log q = log_softmax(x)
+    focal(x, labels, alpha, ignore_index, gamma, loss_out, stream=None)
+        loss_out = -alpha[y] (1 - p_y)**gamma log p_y, p = softmax(x); 0 where ignored;
+        labels must have been checked (softmax.label_stats). `alpha` as `weight` of the
+        softmax family (length 0: every class 1).
+    log_loss_rows(probs, codes, eps, sample_weight, loss_out, stream=None)
+        loss_out[p, q] (float64) = sample_weight[p, q] * -log(clip(probs[p, q, y], eps,
+        1 - eps)), y = codes[p, q] in [0, C); C == 1 means binary with the positive class
+        in the only column: p_0 = 1 - v, p_1 = v (1 - v in the compute dtype).
+
+Outputs are in the compute dtype (float32 for float16/float32, float64 for float64) except
+log_loss_rows' float64. Per-row sums use compute-dtype vector partials over blocks of
+`_BLOCK` elements accumulated in float64, as nbxent.cpu.softmax does; the row's work depends
+only on the row (deterministic at any thread count). Reductions across rows are the softmax
+family's `sum_rows`/`label_stats`.
+
+Layout handling, chunking and the row helpers `_shift`/`_sumexp` are those of
+nbxent.cpu.softmax (imported, not copied): flat buffers plus element offsets/strides, rows
+with a class stride other than 1 gathered into contiguous scratch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from nbxent._config import hjit, pjit
+from nbxent.cpu._math import borrow as _b
+from nbxent.cpu._math import cexp, clog, crow, cval, diff_add, load
+from nbxent.cpu.softmax import _BLOCK, _flat, _rows_per_chunk, _shift, _sumexp, _weights
+from nbxent.cpu.softmax import _gather as _gather_row
+
+_ENT, _ENT_LOGITS, _KL, _KL_LOGITS = 0, 1, 2, 3
+
+
+# ============================================================================ row helpers
+
+
+@hjit(fastmath=False)
+def _log_k_plus(k, s):
+    """log(k + s) as log1p((k - 1) + s), without fast-math (which may reassociate it into
+    log((k + s) - 1 + 1) or lower log1p to log(1 + v) and lose the small s)."""
+    return math.log1p((k - 1.0) + s)
+
+
+@hjit()
+def _entropy_row(row):
+    """-sum p log p (float64); p == 0 terms count 0, NaN propagates."""
+    n = row.size
+    zero = cval(row, 0.0)
+    total = 0.0
+    for b0 in range(0, n, _BLOCK):
+        acc = zero
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            v = load(row, c)
+            t = v * clog(v)
+            acc += zero if v == zero else t
+        total += acc
+    return 0.0 - total
+
+
+@hjit()
+def _entropy_logits_row(row):
+    """H(softmax(row)) = log S - T / S with S = sum e_c, T = sum e_c d_c, d = x - m,
+    e = exp(d) (terms with e_c == 0 count 0 in T, so -inf logits are fine). log S is taken
+    as log1p(S - 1), S - 1 summed without the max's own 1s, so that a nearly one-hot row
+    keeps its (tiny) entropy accurate."""
+    n = row.size
+    m = _shift(row)
+    zero = cval(row, 0.0)
+    one = cval(row, 1.0)
+    s_all = 0.0
+    s_low = 0.0
+    k = 0.0
+    t = 0.0
+    for b0 in range(0, n, _BLOCK):
+        a_all = zero
+        a_low = zero
+        a_k = zero
+        a_t = zero
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            d = load(row, c) - m
+            e = cexp(d)
+            a_all += e
+            a_low += e if d < zero else zero
+            a_k += one if d == zero else zero
+            a_t += zero if e == zero else e * d
+        s_all += a_all
+        s_low += a_low
+        k += a_k
+        t += a_t
+    if k >= 1.0 and math.isfinite(s_all):
+        lg = _log_k_plus(k, s_low)
+    else:
+        lg = math.log(s_all)
+    return lg - t / s_all
+
+
+@hjit()
+def _kl_row(prow, qrow):
+    n = prow.size
+    zero = cval(prow, 0.0)
+    total = 0.0
+    for b0 in range(0, n, _BLOCK):
+        acc = zero
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            pv = load(prow, c)
+            qv = load(qrow, c)
+            t = pv * (clog(pv) - clog(qv))
+            acc += zero * qv if pv == zero else t
+        total += acc
+    return total
+
+
+@hjit()
+def _kl_logits_row(prow, row):
+    """sum p (log p - (x - lse)) = A + P log S with A = sum_{p>0} p (log p + m - x),
+    P = sum p, S = sum exp(x - m)."""
+    n = row.size
+    m = _shift(row)
+    zero = cval(row, 0.0)
+    s = 0.0
+    a = 0.0
+    ps = 0.0
+    for b0 in range(0, n, _BLOCK):
+        acc_s = zero
+        acc_a = zero
+        acc_p = zero
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            pv = load(prow, c)
+            xv = load(row, c)
+            acc_s += cexp(xv - m)
+            t = pv * (clog(pv) + (m - xv))
+            acc_a += zero if pv == zero else t
+            acc_p += pv
+        s += acc_s
+        a += acc_a
+        ps += acc_p
+    if ps == 0.0:
+        return a + 0.0 * s   # all p == 0: 0 (NaN if the logits hold NaN)
+    return a + ps * math.log(s)
+
+
+@hjit()
+def _focal_row(row, y, wy, gamma):
+    m = _shift(row)
+    lg = math.log(_sumexp(row, m))
+    nll = diff_add(float(m), float(load(row, y)), lg)   # lse - x_y = -log p_y
+    if gamma == 0.0:
+        return wy * nll
+    om = -math.expm1(-nll)                             # 1 - p_y, accurate near p_y = 1
+    om = 0.0 if om < 0.0 else om
+    return wy * om ** gamma * nll
+
+
+# ============================================================================ kernels
+
+
+@hjit()
+def _pair_chunk(a, as_, Q, C, b, bs, out, os, mode, r0, r1):
+    """Rows r0..r1 of a per-row function of one (P, Q, C) array `a` (modes _ENT,
+    _ENT_LOGITS) or of two (`a` = p and `b` = q or the logits: _KL, _KL_LOGITS)."""
+    p = r0 // Q
+    q = r0 - p * Q
+    two = mode == _KL or mode == _KL_LOGITS
+    strided = as_[3] != 1 or (two and bs[3] != 1)
+    ta = np.empty(C if strided else 0, a.dtype)
+    tb = np.empty(C if strided and two else 0, b.dtype)
+    for _ in range(r0, r1):
+        ab = as_[0] + p * as_[1] + q * as_[2]
+        row = _gather_row(a, ab, C, as_[3], ta) if strided else crow(a, ab, C)
+        if mode == _ENT:
+            v = _entropy_row(row)
+        elif mode == _ENT_LOGITS:
+            v = _entropy_logits_row(row)
+        else:
+            bb = bs[0] + p * bs[1] + q * bs[2]
+            row2 = _gather_row(b, bb, C, bs[3], tb) if strided else crow(b, bb, C)
+            if mode == _KL:
+                v = _kl_row(row, row2)
+            else:
+                v = _kl_logits_row(row, row2)
+        out[os[0] + p * os[1] + q * os[2]] = v
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _pair_kernel(a, as_, P, Q, C, b, bs, out, os, mode, rpc):
+    a, b, out = _b(a), _b(b), _b(out)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _pair_chunk(a, as_, Q, C, b, bs, out, os, mode, k * rpc, min(n, (k + 1) * rpc))
+
+
+@hjit()
+def _focal_chunk(x, xs, Q, C, lab, ls, w, ignore, gamma, out, os, r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = xs[3] != 1
+    tx = np.empty(C if strided else 0, x.dtype)
+    for _ in range(r0, r1):
+        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        loss = 0.0
+        if y != ignore:
+            b = xs[0] + p * xs[1] + q * xs[2]
+            row = _gather_row(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+            loss = _focal_row(row, y, float(w[y]), gamma)
+        out[os[0] + p * os[1] + q * os[2]] = loss
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _focal_kernel(x, xs, P, Q, C, lab, ls, w, ignore, gamma, out, os, rpc):
+    x, lab, w, out = _b(x), _b(lab), _b(w), _b(out)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _focal_chunk(x, xs, Q, C, lab, ls, w, ignore, gamma, out, os, k * rpc,
+                     min(n, (k + 1) * rpc))
+
+
+@hjit()
+def _log_loss_chunk(pr, ps, Q, C, lab, ls, lo, hi, sw, ss, out, os, r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    one = cval(pr, 1.0)
+    for _ in range(r0, r1):
+        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        b = ps[0] + p * ps[1] + q * ps[2]
+        if C == 1:
+            v = load(pr, b)
+            v = v if y == 1 else one - v
+        else:
+            v = load(pr, b + y * ps[3])
+        v = lo if v < lo else v
+        v = hi if v > hi else v
+        out[os[0] + p * os[1] + q * os[2]] = sw[ss[0] + p * ss[1] + q * ss[2]] * -math.log(float(v))
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _log_loss_kernel(pr, ps, P, Q, C, lab, ls, lo, hi, sw, ss, out, os, rpc):
+    pr, lab, sw, out = _b(pr), _b(lab), _b(sw), _b(out)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _log_loss_chunk(pr, ps, Q, C, lab, ls, lo, hi, sw, ss, out, os, k * rpc,
+                        min(n, (k + 1) * rpc))
+
+
+@hjit()
+def _prob_row(row, tol):
+    """(first column outside [0, 1] or -1, first NaN column or -1, whether |sum - 1| > tol
+    (tol >= 0 only))."""
+    n = row.size
+    zero = cval(row, 0.0)
+    one = cval(row, 1.0)
+    nb = 0
+    nn = 0
+    total = 0.0
+    for b0 in range(0, n, _BLOCK):
+        acc = zero
+        for c in range(b0, min(b0 + _BLOCK, n)):
+            v = load(row, c)
+            nb += 1 if (v < zero) | (v > one) else 0
+            nn += 1 if v != v else 0
+            acc += v
+        total += acc
+    bad = -1
+    nan = -1
+    if nb > 0 or nn > 0:
+        for c in range(n):
+            v = load(row, c)
+            if bad < 0 and (v < zero or v > one):
+                bad = c
+            if nan < 0 and v != v:
+                nan = c
+    unnorm = tol >= 0.0 and nn == 0 and not abs(total - 1.0) <= tol
+    return bad, nan, unnorm
+
+
+@hjit()
+def _prob_chunk(a, as_, Q, C, tol, r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = as_[3] != 1
+    ta = np.empty(C if strided else 0, a.dtype)
+    bad = -1
+    nan = -1
+    unnorm = -1
+    for r in range(r0, r1):
+        b = as_[0] + p * as_[1] + q * as_[2]
+        row = _gather_row(a, b, C, as_[3], ta) if strided else crow(a, b, C)
+        cb, cn, un = _prob_row(row, tol)
+        if bad < 0 and cb >= 0:
+            bad = r * C + cb
+        if nan < 0 and cn >= 0:
+            nan = r * C + cn
+        if unnorm < 0 and un:
+            unnorm = r
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+    return bad, nan, unnorm
+
+
+@pjit()
+def _prob_kernel(a, as_, P, Q, C, tol, rpc):
+    a = _b(a)
+    n = P * Q
+    nchunk = (n + rpc - 1) // rpc
+    res = np.empty((nchunk, 3), np.int64)
+    for k in prange(nchunk):
+        res[k, 0], res[k, 1], res[k, 2] = _prob_chunk(a, as_, Q, C, tol, k * rpc,
+                                                      min(n, (k + 1) * rpc))
+    first = np.full(3, -1, np.int64)
+    for k in range(nchunk):
+        for j in range(3):
+            if first[j] < 0 and res[k, j] >= 0:
+                first[j] = res[k, j]
+    return first[0], first[1], first[2]
+
+
+# ============================================================================ launchers
+
+
+def prob_stats(a, sum_tol, stream=None):
+    """(first_outside, first_nan, first_unnormalised) of the (P, Q, C) array `a`: flat
+    indices r*C + c of the first element outside [0, 1] and of the first NaN, and the first
+    row r whose sum is not within sum_tol of 1 (unchecked when sum_tol < 0, and for rows
+    holding NaN); -1 for none."""
+    P, Q, C = a.shape
+    if P * Q == 0 or C == 0:
+        return -1, -1, -1
+    ab, as_ = _flat(a)
+    res = _prob_kernel(ab, as_, P, Q, C, float(sum_tol), _rows_per_chunk(P * Q, C))
+    return int(res[0]), int(res[1]), int(res[2])
+
+
+def _pair(a, b, out, mode):
+    P, Q, C = a.shape
+    if P * Q == 0:
+        return
+    ab, as_ = _flat(a)
+    if b is None:
+        bb, bs = ab, as_
+    else:
+        bb, bs = _flat(b)
+    ob, os = _flat(out)
+    _pair_kernel(ab, as_, P, Q, C, bb, bs, ob, os, mode, _rows_per_chunk(P * Q, C))
+
+
+def entropy(p, out, stream=None):
+    """out[p, q] = -sum_c p_c log p_c (terms with p_c == 0 count 0), compute dtype."""
+    _pair(p, None, out, _ENT)
+
+
+def entropy_logits(x, out, stream=None):
+    """out[p, q] = entropy of softmax(x[p, q, :]); NaN for rows with NaN, all -inf or +inf."""
+    _pair(x, None, out, _ENT_LOGITS)
+
+
+def kl_div(p, q, out, stream=None):
+    """out[p, q] = sum_c p_c (log p_c - log q_c); 0 for p_c == 0, +inf for p_c > 0 = q_c."""
+    _pair(p, q, out, _KL)
+
+
+def kl_div_logits(p, x, out, stream=None):
+    """out[p, q] = sum_c p_c (log p_c - log_softmax(x)_c), p_c == 0 terms counting 0."""
+    _pair(p, x, out, _KL_LOGITS)
+
+
+def focal(x, labels, alpha, ignore_index, gamma, loss_out, stream=None):
+    """loss_out[p, q] = -alpha[y] (1 - p_y)**gamma log p_y (0 where y == ignore_index)."""
+    P, Q, C = x.shape
+    if P * Q == 0:
+        return
+    xb, xs = _flat(x)
+    lb, ls = _flat(labels)
+    ob, os = _flat(loss_out)
+    w, _ = _weights(alpha, C, loss_out.dtype)
+    _focal_kernel(xb, xs, P, Q, C, lb, ls, w, int(ignore_index), float(gamma), ob, os,
+                  _rows_per_chunk(P * Q, C))
+
+
+def log_loss_rows(probs, codes, eps, sample_weight, loss_out, stream=None):
+    """loss_out[p, q] = sample_weight[p, q] * -log(clip(probs[p, q, codes[p, q]], eps,
+    1 - eps)) in float64 (binary when C == 1: see the module docstring)."""
+    P, Q, C = probs.shape
+    if P * Q == 0:
+        return
+    pb, ps = _flat(probs)
+    lb, ls = _flat(codes)
+    sb, ss = _flat(sample_weight)
+    ob, os = _flat(loss_out)
+    ct = np.float64 if probs.dtype == np.float64 else np.float32
+    lo = ct(eps)
+    hi = ct(1.0) - lo
+    _log_loss_kernel(pb, ps, P, Q, C, lb, ls, lo, hi, sb, ss, ob, os,
+                     max(1, _rows_per_chunk(P * Q, 64)))
