@@ -143,3 +143,132 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
                     f"{row['gb_per_s']:>8.1f}{100 * row['fraction_of_read_bandwidth']:>9.0f}%"
                     f"{row['time_over_nbxent']:>10.2f}")
     return rows
+
+
+# ----------------------------------------------------------------------------- GPU
+
+GPU_SHAPES = [(16384, 32000), (8192, 128256), (4096, 262144), (65536, 4096), (262144, 1000),
+              (4_000_000, 10)]
+GPU_QUICK_SHAPES = [(4096, 32000), (262144, 10)]
+COPY_BANDWIDTH = "device copy (read+write)"
+
+
+def _gpu_time(fn, reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of fn, timed with CUDA events on the current stream."""
+    import cupy
+
+    out = []
+    for _ in range(reps):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        out.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return out
+
+
+def _gpu_peers(mode: str, x, y, tx, ty, bytes_read: float):
+    """(name, fn, bytes moved) of nbxent and torch on CUDA for one input."""
+    import torch
+
+    import nbxent
+
+    F = torch.nn.functional
+    tv = f"torch {torch.__version__.split('+')[0]}"
+    if mode == "forward":
+        def torch_none():
+            with torch.no_grad():
+                return F.cross_entropy(tx, ty, reduction="none")
+
+        def torch_mean():
+            with torch.no_grad():
+                return F.cross_entropy(tx, ty)
+        return [
+            ("nbxent none", lambda: nbxent.cross_entropy(x, y, reduction="none"), bytes_read),
+            ("nbxent mean", lambda: nbxent.cross_entropy(x, y), bytes_read),
+            (tv + " none", torch_none, bytes_read),
+            (tv + " mean", torch_mean, bytes_read),
+        ]
+    import cupy
+
+    buf = cupy.empty_like(x)
+
+    def inplace():
+        # the copy that restores the logits is timed too: subtract the copy peer's time
+        buf[...] = x
+        return nbxent.cross_entropy_with_grad(buf, y, inplace=True)
+
+    def torch_fwd_bwd():
+        leaf = tx.detach().requires_grad_(True)
+        F.cross_entropy(leaf, ty).backward()
+        return leaf.grad
+
+    moved = bytes_read + x.nbytes
+    return [
+        ("nbxent fused", lambda: nbxent.cross_entropy_with_grad(x, y), moved),
+        ("nbxent fused inplace + copy", inplace, moved + 2 * x.nbytes),
+        (tv + " fwd+bwd", torch_fwd_bwd, moved),
+    ]
+
+
+def run_gpu(shapes=None, dtypes=("float32", "float16"), reps: int = 20, printer=print):
+    """Benchmark cross_entropy on CUDA (CuPy arrays) against torch, with the device-to-device
+    copy bandwidth of the same logits measured in the same run; print a table, return rows.
+
+    "% copy bw" = (bytes a perfect kernel moves / time) / copy bandwidth, the copy counted
+    as bytes read + bytes written. Forward moves N*C*itemsize + labels; fused adds the
+    gradient write.
+    """
+    import cupy
+    import torch
+
+    import nbxent
+
+    dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    rows = []
+    printer(f"cross_entropy on {dev}, CuPy {cupy.__version__}, median of {reps} event-timed calls")
+    printer(f"{'shape':>16} {'dtype':>8}  {'library':<30}{'ms':>9}{'GB/s':>8}{'% copy bw':>10}"
+            f"{'x nbxent':>9}")
+    rng = cupy.random.default_rng(0)
+    for n, c in shapes or GPU_SHAPES:
+        for dt in dtypes:
+            x = (rng.standard_normal((n, c), dtype=cupy.float32) * 2).astype(dt)
+            y = rng.integers(0, c, n).astype(cupy.int64)
+            tx, ty = torch.as_tensor(x, device="cuda"), torch.as_tensor(y, device="cuda")
+            bytes_read = x.nbytes + y.nbytes
+            dst = cupy.empty_like(x)
+
+            def copy():
+                dst[...] = x
+
+            want = float(torch.nn.functional.cross_entropy(tx.float(), ty))
+            got = float(nbxent.cross_entropy(x, y))
+            if not np.isclose(got, want, rtol=1e-4):
+                raise RuntimeError(f"nbxent gives {got} on {(n, c)} {dt}, torch {want}")
+            for mode in ("forward", "fused"):
+                peers = _gpu_peers(mode, x, y, tx, ty, bytes_read)
+                peers.append((COPY_BANDWIDTH, copy, 2 * x.nbytes))
+                for _, fn, _ in peers:  # warm-up: compilation, allocator pools
+                    fn()
+                times = {name: [] for name, _, _ in peers}
+                for _ in range(reps):
+                    for name, fn, _ in peers:
+                        times[name] += _gpu_time(fn, 1)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                bandwidth = 2 * x.nbytes / med[COPY_BANDWIDTH]
+                first = med[peers[0][0]]
+                for name, _, moved in peers:
+                    t = med[name]
+                    row = {"shape": [n, c], "dtype": dt, "mode": mode, "library": name,
+                           "device": dev, "seconds": t, "gb_per_s": moved / t / 1e9,
+                           "fraction_of_copy_bandwidth": moved / t / bandwidth,
+                           "time_over_nbxent": t / first}
+                    rows.append(row)
+                    printer(f"{str((n, c)):>16} {dt:>8}  {name:<30}{t * 1e3:>9.3f}"
+                            f"{row['gb_per_s']:>8.0f}{100 * row['fraction_of_copy_bandwidth']:>9.0f}%"
+                            f"{t / first:>9.2f}")
+            del x, y, tx, ty, dst
+            cupy.get_default_memory_pool().free_all_blocks()
+            torch.cuda.empty_cache()
+    return rows

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="threads for every library")
     bench.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
     bench.add_argument("--no-reference", action="store_true", help="skip the float64 reference")
+    bench.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu",
+                       help="CPU (NumPy, default), GPU (CuPy against torch on CUDA), or both")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     return parser
 
@@ -45,10 +47,14 @@ def main(argv=None) -> int:
             return 2
         modes = ["forward", "fused"] if args.mode == "both" else [args.mode]
         rows = []
-        for mode in modes:
-            rows += bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
-                              include_reference=not args.no_reference)
-            print()
+        if args.device in ("cpu", "all"):
+            for mode in modes:
+                rows += bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
+                                  include_reference=not args.no_reference)
+                print()
+        if args.device in ("gpu", "all"):
+            gpu_shapes = args.shapes or (bench.GPU_QUICK_SHAPES if args.quick else None)
+            rows += bench.run_gpu(gpu_shapes, reps=max(rounds, 5) if args.quick else 4 * rounds)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
