@@ -30,6 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 # MAX_BLOCKS below the row count: grid-stride loops; REDUCE_CHUNK: several partial levels.
 TINY = dict(THREADS_PER_BLOCK=8, LANES=16, MAX_BLOCKS=3, REDUCE_CHUNK=4)
 SMALL_C, BLOCK_C = 7, 45  # one thread per row / one block per row (SMALL_C = 32)
+WIDE_C = 300  # block per row, several UNROLL chunks per lane (TINY LANES = 16), the last partial
 TOL = {np.float16: (2e-3, 2e-3), np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
 IGNORE = -100
 
@@ -234,7 +235,7 @@ def test_arrays_helpers():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("C, layout", [(1, "C"), (2, "F"), (SMALL_C, "F"), (BLOCK_C, "padded"),
-                                       (BLOCK_C, "moved")])
+                                       (BLOCK_C, "moved"), (WIDE_C, "C")])
 def test_row_functions(dtype, C, layout):
     rng = np.random.default_rng(C)
     x = rand_logits(rng, (2, 3, C), dtype)
@@ -270,7 +271,7 @@ def _edge_logits(C, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("C", [5, BLOCK_C])
+@pytest.mark.parametrize("C", [5, BLOCK_C, WIDE_C])
 def test_edge_rows(dtype, C):
     x = _edge_logits(C, dtype)
     lse = ref_lse(x)
@@ -310,6 +311,8 @@ HARD_CASES = [
     (np.float16, BLOCK_C, "moved", 0.05, 0.0, False),
     (np.float32, 1, "C", 0.1, 1e-2, True),
     (np.float32, 2, "F", 0.3, 0.0, False),
+    (np.float32, WIDE_C, "C", 0.1, 1e-3, True),
+    (np.float16, WIDE_C, "padded", 0.0, 0.0, False),
 ]
 
 
@@ -512,8 +515,9 @@ def test_determinism_across_runs_and_threads():
 
 
 def test_production_lanes_and_defaults():
-    """LANES at its default (C=45 -> 64 lanes): same bits at 8 and 64 threads per block, and
-    the module's default settings (no override) run both paths."""
+    """LANES at its default (C=45 -> 64 lanes for a row reduction; the cross-entropy launcher
+    asks for ceil(45 / UNROLL) = 6 -> 32): same bits at 8 and 64 threads per block, and the
+    module's default settings (no override) run both paths."""
     rng = np.random.default_rng(12)
     x = rand_logits(rng, (1, 2, BLOCK_C), np.float32)
     y = rng.integers(0, BLOCK_C, (1, 2))
@@ -523,6 +527,7 @@ def test_production_lanes_and_defaults():
     for tpb in (8, 64):
         with _reduce.launch_config(THREADS_PER_BLOCK=tpb, LANES=256):
             assert _reduce.row_lanes(BLOCK_C) == 64
+            assert _reduce.row_lanes(-(-BLOCK_C // K.UNROLL)) == 32
             runs.append(run_hard(x, y, None, 0.1, 0.0, s))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])

@@ -27,12 +27,15 @@ import math
 
 import numpy as np
 from numba import cuda, float32, float64, int64
+from numba.cuda import libdevice
 
 from nbxent.gpu import _reduce
 from nbxent.gpu._arrays import strided_view
 from nbxent.gpu._reduce import MAX_LANES
 
 _NO_BAD = np.iinfo(np.int64).max
+#: elements each thread loads before using any, in the block-per-row kernels' loops
+UNROLL = 8
 
 
 def _compute_types(dtype):
@@ -45,12 +48,24 @@ def _compute_types(dtype):
 _KERNELS = {}
 
 
+def _fast_exp(ct):
+    """exp for the hot loops: float32 `__nv_fast_expf` (ex2.approx of x*log2(e)) on a real
+    GPU. Its error grows with |x| (about |x| * 6e-8 relative), but the terms with a large
+    |x - max| are exponentially small in a sum of exp(x - max), so a row's sum stays within
+    a few 1e-7 relative; the precise expf made these kernels compute-bound. float64, and
+    the simulator (whose fast_expf stub returns NaN), use math.exp."""
+    if ct == float32 and not _reduce.SIMULATOR:
+        return libdevice.fast_expf
+    return math.exp
+
+
 def _kernels(ct):
     """The kernels of this family in compute type `ct` (built once per type, compiled lazily
     per argument types)."""
     if ct in _KERNELS:
         return _KERNELS[ct]
     f = _reduce.row_functions(ct)
+    fexp = _fast_exp(ct)
     online, split, finish, tree_ms_ab = f.online, f.split, f.finish, f.tree_ms_ab
     zero, one, two = ct(0), ct(1), ct(2)
     neg_inf, nan = ct(-math.inf), ct(math.nan)
@@ -69,6 +84,39 @@ def _kernels(ct):
         return r
 
     @cuda.jit(device=True)
+    def fold_chunk(x, p, q, c, lanes, n_cls, m, s):
+        """Add elements c, c + lanes, ..., c + (UNROLL-1)*lanes (those < n_cls) to the online
+        state (m, s) in one step: all loads issued before the first use (memory-level
+        parallelism), one rescale per chunk. Same semantics as `online` element by element:
+        a NaN makes s NaN; an infinite max leaves s to mean nothing (but a NaN still shows)."""
+        vals = cuda.local.array(UNROLL, ct)
+        mc = m
+        for j in range(UNROLL):
+            cj = c + j * lanes
+            v = ct(x[p, q, cj]) if cj < n_cls else neg_inf
+            vals[j] = v
+            if v > mc:
+                mc = v
+        if math.isfinite(mc):
+            acc = zero
+            for j in range(UNROLL):
+                acc += ct(fexp(vals[j] - mc))
+            s = s * ct(fexp(m - mc)) + acc
+        else:
+            for j in range(UNROLL):
+                if vals[j] != vals[j]:
+                    s = vals[j]
+        return mc, s
+
+    @cuda.jit(device=True)
+    def load_chunk(x, p, q, c, step, n_cls, vals):
+        """vals[j] = x[p, q, c + j*step] for the UNROLL chunk (0 past the row's end): every
+        load issued before any use, and before the caller's stores (which may alias x)."""
+        for j in range(UNROLL):
+            cj = c + j * step
+            vals[j] = ct(x[p, q, cj]) if cj < n_cls else zero
+
+    @cuda.jit(device=True)
     def row_state_block(x, p, q, n_cls, lanes, sm, ss):
         """The row's (m, s), lanes reduced in the fixed tree (all threads of the block)."""
         tid = cuda.threadIdx.x
@@ -79,8 +127,8 @@ def _kernels(ct):
             s = zero
             c = lane
             while c < n_cls:
-                m, s = online(m, s, ct(x[p, q, c]))
-                c += lanes
+                m, s = fold_chunk(x, p, q, c, lanes, n_cls, m, s)
+                c += lanes * UNROLL
             sm[lane] = m
             ss[lane] = s
             lane += nt
@@ -111,7 +159,7 @@ def _kernels(ct):
 
     @cuda.jit(device=True)
     def hard_grad(v, base, rest, a, is_y, ayw, eps_c, eps_on, wc):
-        g = ct(math.exp((v - base) - rest)) * a
+        g = ct(fexp((v - base) - rest)) * a
         if is_y:
             g -= ayw
         if eps_on:
@@ -190,6 +238,7 @@ def _kernels(ct):
 
     @cuda.jit
     def normalize_block(x, out, as_prob, lanes):
+        vals = cuda.local.array(UNROLL, ct)
         sm = cuda.shared.array(MAX_LANES, ct)
         ss = cuda.shared.array(MAX_LANES, ct)
         tid = cuda.threadIdx.x
@@ -204,14 +253,14 @@ def _kernels(ct):
             m, s = row_state_block(x, p, q, n_cls, lanes, sm, ss)
             base, rest = split(m, s)
             c = tid
-            if as_prob:
-                while c < n_cls:
-                    out[p, q, c] = ct(math.exp((ct(x[p, q, c]) - base) - rest))
-                    c += nt
-            else:
-                while c < n_cls:
-                    out[p, q, c] = (ct(x[p, q, c]) - base) - rest
-                    c += nt
+            while c < n_cls:
+                load_chunk(x, p, q, c, nt, n_cls, vals)
+                for j in range(UNROLL):
+                    cj = c + j * nt
+                    if cj < n_cls:
+                        v = (vals[j] - base) - rest
+                        out[p, q, cj] = ct(fexp(v)) if as_prob else v
+                c += nt * UNROLL
             r += cuda.gridDim.x
 
     def cross_entropy_kernels(with_grad):
@@ -270,6 +319,7 @@ def _kernels(ct):
         @cuda.jit
         def hard_block(x, labels, w, ignore, om_eps, eps_c, eps_on, z, z_on, loss, gscale, grad,
                        lanes):
+            vals = cuda.local.array(UNROLL, ct)
             sm = cuda.shared.array(MAX_LANES, ct)
             ss = cuda.shared.array(MAX_LANES, ct)
             sa = cuda.shared.array(MAX_LANES, ct)
@@ -307,13 +357,15 @@ def _kernels(ct):
                         wsum = zero
                         c = lane
                         while c < n_cls:
-                            v = ct(x[p, q, c])
-                            m, s = online(m, s, v)
+                            m, s = fold_chunk(x, p, q, c, lanes, n_cls, m, s)
                             if eps_on:
-                                wc = w[c] if has_w else one
-                                swx += wc * (v - ref)
-                                wsum += wc
-                            c += lanes
+                                for j in range(UNROLL):
+                                    cj = c + j * lanes
+                                    if cj < n_cls:
+                                        wc = w[cj] if has_w else one
+                                        swx += wc * (ct(x[p, q, cj]) - ref)
+                                        wsum += wc
+                            c += lanes * UNROLL
                         sm[lane] = m
                         ss[lane] = s
                         sa[lane] = swx
@@ -333,10 +385,14 @@ def _kernels(ct):
                         sc = ct(gscale[p, q])
                         c = tid
                         while c < n_cls:
-                            wc = w[c] if eps_on and has_w else one
-                            grad[p, q, c] = sc * hard_grad(ct(x[p, q, c]), base, rest, a, c == y,
-                                                           ayw, eps_c, eps_on, wc)
-                            c += nt
+                            load_chunk(x, p, q, c, nt, n_cls, vals)
+                            for j in range(UNROLL):
+                                cj = c + j * nt
+                                if cj < n_cls:
+                                    wc = w[cj] if eps_on and has_w else one
+                                    grad[p, q, cj] = sc * hard_grad(vals[j], base, rest, a,
+                                                                    cj == y, ayw, eps_c, eps_on, wc)
+                            c += nt * UNROLL
                 r += cuda.gridDim.x
 
         # ------------------------------------------------------------------ cross-entropy, soft targets
@@ -592,7 +648,7 @@ def _launch_rows(small, block, x, args, stream):
         nt = int(_reduce.THREADS_PER_BLOCK)
         small[_reduce.grid_for(n_rows, nt), nt, stream](*args)
     else:
-        lanes = _reduce.row_lanes(n_cls)
+        lanes = _reduce.row_lanes(-(-n_cls // UNROLL))  # each lane a chunk or more
         nt = _reduce.block_threads(lanes)
         block[_reduce.grid_for(n_rows), nt, stream](*args, lanes)
 
