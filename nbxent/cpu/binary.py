@@ -14,171 +14,312 @@ Launcher contract (identical in nbxent/gpu/binary.py; `stream` is ignored here):
   broadcast whose non-1 axes are consecutive; the public layer materialises the others.
   Absent options are passed as the scalar 1 (so one compiled kernel serves every case).
 - `loss_out` None: no per-element output; `sum_out` None: no reduction. Otherwise
-  `sum_out[0] = scale * sum(loss)`, the sum accumulated in float64 per fixed block of
-  `_B` elements (block sums kept in float64, combined in block order), so it is
-  bit-identical at every thread count.
+  `sum_out[0] = scale * sum(loss)`: a fixed partition into blocks of `_B` elements, each
+  block summed in the compute dtype over sub-blocks of `_S` elements (as the vector lanes
+  of LLVM's reassociated loop) with the sub-block sums added in float64, the block sums
+  combined in block order; so it is bit-identical at every thread count.
 
 Vectorisation: blocks are processed by helpers taking borrowed contiguous views (`crow`);
 broadcast operands become contiguous views too: (1, period) operands read a periodic tile
 (built once per call on the host, `np.resize`) at offset `base % period`; other ones are
-filled per block into scratch in runs of equal values. float32 math is `exp32`/`log32`;
-log1p is computed with Goldberg's trick `log(1 + u) * u / ((1 + u) - 1)` (compiled without
-'reassoc', which would fold it away), accurate for tiny u.
+filled per block into scratch in runs of equal values. The element math is inlined into
+the block loops, which call nothing per element, so that LLVM vectorises them (8 float32
+lanes with AVX2: 5-8x PyTorch's CPU functions); float32 exp and log are specialised
+polynomial forms below, float64 uses libm.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from nbxent._config import hjit, pjit
-from nbxent.cpu._math import STRICT, cempty, cexp, clog, crow, cval, load, store
+from nbxent.cpu._math import (STRICT, _bits_f32, _f32_bits, _rint32, cempty, cexp, clog, crow,
+                              cval, load, store)
 from nbxent.cpu._math import borrow as _b
 
 _B = 4096      # elements per block: the fixed partition of the reductions
+_S = 256       # elements per compute-dtype partial sum within a block
 _CB = 16       # blocks per parallel work item
 
 _FWD, _GRAD, _INPLACE = 0, 1, 2
 
+_EXACT = STRICT - {"arcp"}
+_OPTS = dict(fastmath=set(STRICT), error_model="numpy", inline="always",
+             no_cfunc_wrapper=True)   # jit options of the dtype-dispatch overloads
 
-def _strict(**options):
-    return hjit(fastmath=set(STRICT), **options)
+
+def _exact(**options):
+    """Float32 building blocks: no 'reassoc' (it would fold Cody-Waite's two constants and
+    the `(1 + u) - 1` rounding-error terms) and no 'arcp' (LLVM turns a vector division
+    with it into a reciprocal estimate plus one Newton step: 1/1 would not be exactly 1).
+    Small, so LLVM inlines them into the block loops, keeping these per-instruction flags."""
+    return hjit(fastmath=set(_EXACT), **options)
+
+
+def _inl(**options):
+    """Element math: inlined into the calling block loop at the Numba IR level (LLVM's own
+    inliner gives up on bodies this size, and a call per element stops vectorisation). It
+    compiles with the caller's flags: the block loops' `_EXACT`."""
+    return hjit(inline="always", **options)
+
+
+def _blockjit(**options):
+    """Block loops: `_EXACT` flags, so that the inlined element math is not reassociated
+    (with 'reassoc' LLVM rewrites `t a + (1 - t) b` as `t (a - b) + b`, which cancels);
+    only the accumulations are reassociable, through `_radd`."""
+    return hjit(fastmath=set(_EXACT), **options)
+
+
+@hjit()
+def _radd(acc, v):
+    """acc + v with 'reassoc' (LLVM inlines it): the one operation of the block loops that
+    may be reassociated, so that a sum vectorises (as lanes of partial sums)."""
+    return acc + v
+
+
+# ============================================================================ float32 math
+# exp and log specialised to the arguments that occur here (no overflow, no negative
+# arguments, no infinities after the reduction): fewer instructions per element than the
+# general exp32/log32 of nbxent/cpu/_math.py, same polynomials (Cephes), about 1 ulp.
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_HALF = np.float32(0.5)
+_ONEHALF = np.float32(1.5)
+_TWO = np.float32(2.0)
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_LO = np.float32(-103.97208)     # below: exp underflows to 0
+_SQRTHF = np.float32(0.707106781186547524)
+_SQRT2 = np.float32(1.41421356237309505)
+_TINY = np.float32(1.17549435e-38)   # least normal float32
+_TWO23 = np.float32(8388608.0)
+
+
+@_exact()
+def _exp_neg(y):
+    """exp(y) for y <= 0 (NaN gives NaN, -inf and y < -103.97 give 0): exp32 without the
+    overflow branch."""
+    n = _rint32(y * _LOG2E)
+    r = y - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    v = p * (r * r) + r + _F1
+    ni = np.int32(n)                  # in [-150, 0]: 2**n as two normal powers of two
+    n1 = ni >> np.int32(1)
+    n2 = ni - n1
+    v = v * _bits_f32((n1 + np.int32(127)) << np.int32(23))
+    v = v * _bits_f32((n2 + np.int32(127)) << np.int32(23))
+    v = _F0 if y < _EXP_LO else v
+    return y if y != y else v
+
+
+@_exact()
+def _log_core(f, k, extra):
+    """log(1 + f) + k ln2 + extra for f in [sqrt(1/2) - 1, sqrt(2) - 1] (Cephes logf);
+    `extra` a correction far below ulp(1) added with the low-order terms."""
+    z = f * f
+    y = np.float32(7.0376836292e-2)
+    y = y * f + np.float32(-1.1514610310e-1)
+    y = y * f + np.float32(1.1676998740e-1)
+    y = y * f + np.float32(-1.2420140846e-1)
+    y = y * f + np.float32(1.4249322787e-1)
+    y = y * f + np.float32(-1.6668057665e-1)
+    y = y * f + np.float32(2.0000714765e-1)
+    y = y * f + np.float32(-2.4999993993e-1)
+    y = y * f + np.float32(3.3333331174e-1)
+    y = y * f * z
+    y = y + (k * _LN2_LO + extra)
+    y = y - _HALF * z
+    r = f + y
+    return r + k * _LN2_HI
+
+
+@_exact()
+def _log_unit(x, extra):
+    """log(x) + extra for x in [0, 1] (subnormals exact; x = 0 gives about -104, which the
+    callers clamp to -100; NaN gives finite garbage: callers select NaN themselves)."""
+    sub = x < _TINY
+    xs = x * _TWO23 if sub else x
+    bits = _f32_bits(xs)
+    e = (bits >> np.int32(23)) - np.int32(126)
+    e = e - np.int32(23) if sub else e
+    m = _bits_f32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))   # [0.5, 1)
+    small = m < _SQRTHF
+    e = e - np.int32(1) if small else e
+    f = (m + m - _F1) if small else (m - _F1)
+    return _log_core(f, np.float32(e), extra)
+
+
+@_exact()
+def _nan_or(x, v):
+    """x where x is NaN, else v. A function of its own: an if-expression in the body of
+    _bce_logs32 trips Numba's IR-inlining scope check (NumbaIRAssumptionWarning)."""
+    return x if x != x else v
+
+
+def _bce_logs32(pv):
+    """(log p, log1p(-p)) for p in [0, 1]; each <= -100 where the value is -inf; NaN for
+    NaN p (log p only: the loss takes it whatever t is). log1p(-p) = log(w) + c / w with
+    w = 1 - p rounded and c = -p - (w - 1) its (exact) rounding error; c != 0 only for
+    w > 1/2, where 1/w = 2 - w to within (1 - w)**2 (c is at most 2**-25).
+    Not jitted itself: the float32 implementation of `bce_logs`, inlined into the block
+    loop at the Numba IR level (as a separate function it is too big for LLVM's inliner,
+    and a call per element stops vectorisation: 7x slower)."""
+    lp = _nan_or(pv, _log_unit(pv, _F0))   # no branch here: see above
+    u = -pv
+    w = _F1 + u
+    c = u - (w - _F1)
+    return lp, _log_unit(w, c * (_TWO - w))
+
+
+@_exact()
+def _log1p_e(e, w, rw):
+    """log1p(e) for e in [0, 1] (NaN for NaN) given w = 1 + e rounded and rw ~ 1/w:
+    log(w) + c rw, c = e - (w - 1) the exact rounding error of w (|c| <= 2**-24, so rw
+    needs few bits). e below 2**-24 gives e exactly."""
+    c = e - (w - _F1)
+    big = w > _SQRT2
+    m = w * _HALF if big else w
+    k = _F1 if big else _F0
+    return _log_core(m - _F1, k, c * rw)
+
+
+@_exact()
+def _softplus32(xv):
+    """(E, L) = (exp(-|x|), log1p(E)): softplus(x) = max(x, 0) + L. 1/w is taken as the
+    chord 1.5 - w/2 (within 12% on [1, 2]: enough for the correction term)."""
+    ax = xv if xv > _F0 else -xv
+    e = _exp_neg(-ax)
+    w = _F1 + e
+    return e, _log1p_e(e, w, _ONEHALF - _HALF * w)
+
+
+@_exact()
+def _softplus32_r(xv):
+    """(E, L, R) as _softplus32 with R = 1 / (1 + E) = sigmoid(|x|), correctly rounded."""
+    ax = xv if xv > _F0 else -xv
+    e = _exp_neg(-ax)
+    w = _F1 + e
+    r = _F1 / w
+    return e, _log1p_e(e, w, r), r
+
+
+# ------------------------------------------------------------- dtype dispatch (float64: libm)
+
+
+def bce_logs(pv):
+    """(log p, log1p(-p)) in p's dtype (each <= -100 where the value is -inf)."""
+
+
+def softplus_parts(xv):
+    """(exp(-|x|), log1p(exp(-|x|)))."""
+
+
+def softplus_parts_r(xv):
+    """(exp(-|x|), log1p(exp(-|x|)), 1 / (1 + exp(-|x|)))."""
+
+
+@overload(bce_logs, jit_options=_OPTS, inline="always")
+def _ol_bce_logs(pv):
+    if pv == types.float32:
+        return _bce_logs32
+    return lambda pv: (math.log(pv), math.log1p(-pv))
+
+
+@overload(softplus_parts, jit_options=_OPTS)
+def _ol_softplus_parts(xv):
+    if xv == types.float32:
+        return lambda xv: _softplus32(xv)
+
+    def impl(xv):
+        e = math.exp(-abs(xv))
+        return e, math.log1p(e)
+    return impl
+
+
+@overload(softplus_parts_r, jit_options=_OPTS)
+def _ol_softplus_parts_r(xv):
+    if xv == types.float32:
+        return lambda xv: _softplus32_r(xv)
+
+    def impl(xv):
+        e = math.exp(-abs(xv))
+        return e, math.log1p(e), 1.0 / (1.0 + e)
+    return impl
 
 
 # ============================================================================ element math
 
 
-@_strict()
-def _log1p(u, one):
-    """log(1 + u), accurate for small |u| (u >= -1); NaN for NaN. `one`: 1 in u's dtype."""
-    w = one + u
-    d = w - one
-    return u if d == one - one else clog(w) * (u / d)
-
-
-@_strict()
-def _clamp(v, lo):
-    """max(v, lo), NaN kept."""
-    return lo if v < lo else v
-
-
-@_strict()
-def _softplus_parts(xv, one):
-    """(E, L) with E = exp(-|x|), L = log1p(E): softplus(x) = max(x, 0) + L."""
-    ax = xv if xv > one - one else -xv
-    e = cexp(-ax)
-    return e, _log1p(e, one)
-
-
-@_strict()
+@_inl()
 def _bce_value(pv, tv, lo, hi, one, m100):
     pv = lo if pv < lo else pv
     pv = hi if pv > hi else pv
-    lp = _clamp(clog(pv), m100)
-    l1 = _clamp(_log1p(-pv, one), m100)
+    lp, l1 = bce_logs(pv)
+    lp = m100 if lp < m100 else lp          # max(., -100), NaN kept
+    l1 = m100 if l1 < m100 else l1
     return -(tv * lp + (one - tv) * l1)
 
 
-@hjit()
-def _bce_block(p, t, w, lo, hi, out, n, write):
-    one = cval(p, 1.0)
-    m100 = cval(p, -100.0)
-    total = 0.0
-    if write:
-        for i in range(n):
-            out[i] = _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * w[i]
-    else:
-        for i in range(n):
-            total += _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * w[i]
-    return total
-
-
-@_strict()
-def _logits_loss(xv, tv, pwv, one, zero):
-    e, lg = _softplus_parts(xv, one)
+@_inl()
+def _logits_terms(xv, tv, pwv, lg, one, zero):
+    """(loss, a, b): loss = a softplus(-x) + b softplus(x), a = pw t, b = 1 - t; a zero
+    coefficient skips its term (lg = log1p(exp(-|x|)))."""
     sp_pos = (xv if xv > zero else zero) + lg     # softplus(x)
     sp_neg = (zero if xv > zero else -xv) + lg    # softplus(-x)
     a = pwv * tv
     b = one - tv
     la = zero if a == zero else a * sp_neg
     lb = zero if b == zero else b * sp_pos
-    return la + lb, e, a, b
+    return la + lb, a, b
 
 
-@_strict()
-def _logits_grad(xv, e, a, b, one, zero):
-    r = one / (one + e)
-    hi = r          # sigmoid(|x|)
-    lo = e * r      # sigmoid(-|x|)
+@_inl()
+def _logits_loss(xv, tv, pwv, one, zero):
+    _e, lg = softplus_parts(xv)
+    loss, _a, _b = _logits_terms(xv, tv, pwv, lg, one, zero)
+    return loss
+
+
+@_inl()
+def _logits_loss_grad(xv, tv, pwv, one, zero):
+    """(loss, gradient): the gradient `(1 - t) sigmoid(x) - pw t sigmoid(-x)`, each term
+    skipped when its coefficient is 0."""
+    e, lg, hi = softplus_parts_r(xv)    # hi = sigmoid(|x|)
+    loss, a, b = _logits_terms(xv, tv, pwv, lg, one, zero)
+    lo = e * hi                         # sigmoid(-|x|)
     pos = xv >= zero
     s_x = hi if pos else lo
     s_nx = lo if pos else hi
     ga = zero if a == zero else a * s_nx
     gb = zero if b == zero else b * s_x
-    return gb - ga
+    return loss, gb - ga
 
 
-@hjit()
-def _logits_block(x, t, w, pw, out, n, write):
-    one = cval(x, 1.0)
-    zero = cval(x, 0.0)
-    total = 0.0
-    if write:
-        for i in range(n):
-            loss, _e, _a, _b2 = _logits_loss(load(x, i), load(t, i), pw[i], one, zero)
-            out[i] = loss * w[i]
-    else:
-        for i in range(n):
-            loss, _e, _a, _b2 = _logits_loss(load(x, i), load(t, i), pw[i], one, zero)
-            total += loss * w[i]
-    return total
-
-
-@hjit()
-def _logits_grad_block(x, t, w, pw, out, n, write, g, gs):
-    one = cval(x, 1.0)
-    zero = cval(x, 0.0)
-    total = 0.0
-    for i in range(n):
-        xv = load(x, i)
-        loss, e, a, b = _logits_loss(xv, load(t, i), pw[i], one, zero)
-        loss = loss * w[i]
-        if write:
-            out[i] = loss
-        total += loss
-        store(g, i, _logits_grad(xv, e, a, b, one, zero) * (w[i] * gs[i]))
-    return total
-
-
-@hjit()
-def _logits_inplace_block(x, t, w, pw, out, n, write, gs):
-    """As _logits_grad_block with the gradient written over x (no second array argument:
-    LLVM's runtime alias check would fail and run scalar code)."""
-    one = cval(x, 1.0)
-    zero = cval(x, 0.0)
-    total = 0.0
-    for i in range(n):
-        xv = load(x, i)
-        loss, e, a, b = _logits_loss(xv, load(t, i), pw[i], one, zero)
-        loss = loss * w[i]
-        if write:
-            out[i] = loss
-        total += loss
-        store(x, i, _logits_grad(xv, e, a, b, one, zero) * (w[i] * gs[i]))
-    return total
-
-
-@_strict()
-def _focal_value(xv, tv, alpha, gamma, gmode, one, zero):
-    e, lg = _softplus_parts(xv, one)
+@_inl()
+def _focal_value(xv, tv, alpha, gamma, gmode, use_alpha, one, zero):
+    """ce (1 - p_t)**gamma alpha_t; `gmode` a constant at each call site (0: gamma = 0,
+    1, 2: gamma = 1, 2, 3: exp(gamma log m)), so the branches fold away."""
+    e, lg, r = softplus_parts_r(xv)
     sp_pos = (xv if xv > zero else zero) + lg
     sp_neg = (zero if xv > zero else -xv) + lg
     b = one - tv
     ce = (zero if tv == zero else tv * sp_neg) + (zero if b == zero else b * sp_pos)
-    r = one / (one + e)
+    er = e * r
     pos = xv >= zero
-    p = r if pos else e * r           # sigmoid(x)
-    q = e * r if pos else r           # 1 - sigmoid(x)
+    p = r if pos else er              # sigmoid(x)
+    q = er if pos else r              # 1 - sigmoid(x)
     m = p * b + q * tv                # 1 - p_t
     if gmode == 1:
         f = m
@@ -188,27 +329,133 @@ def _focal_value(xv, tv, alpha, gamma, gmode, one, zero):
         f = cexp(gamma * clog(m))
     else:
         f = one
-    loss = ce * f
-    if alpha >= zero:
-        loss = loss * (alpha * tv + (one - alpha) * b)
-    return loss
+    at = alpha * tv + (one - alpha) * b
+    return ce * f * (at if use_alpha else one)
 
 
-@hjit()
-def _focal_block(x, t, alpha, gamma, gmode, out, n, write):
+# ============================================================================ block loops
+# One fixed block of elements (contiguous borrowed views). Each loop is branch-free and
+# calls nothing, so LLVM vectorises it (8 float32 lanes with AVX2). A block's sum is
+# accumulated in the compute dtype over sub-blocks of _S elements (a float64 accumulator
+# would hold the float32 loop to 4 lanes), the sub-block sums added in float64. Loops that
+# write per-element losses ("none") compute no sum (none is asked for).
+
+
+@_blockjit()
+def _bce_block(p, t, w, lo, hi, out, n, write):
+    one = cval(p, 1.0)
+    zero = cval(p, 0.0)
+    m100 = cval(p, -100.0)
+    total = 0.0
+    if write:
+        for i in range(n):
+            out[i] = _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * w[i]
+    else:
+        for s in range(0, n, _S):
+            acc = zero
+            for i in range(s, min(s + _S, n)):
+                acc = _radd(acc, _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * w[i])
+            total += acc
+    return total
+
+
+@_blockjit()
+def _logits_block(x, t, w, pw, out, n, write):
     one = cval(x, 1.0)
     zero = cval(x, 0.0)
     total = 0.0
     if write:
         for i in range(n):
-            out[i] = _focal_value(load(x, i), load(t, i), alpha, gamma, gmode, one, zero)
+            out[i] = _logits_loss(load(x, i), load(t, i), pw[i], one, zero) * w[i]
     else:
-        for i in range(n):
-            total += _focal_value(load(x, i), load(t, i), alpha, gamma, gmode, one, zero)
+        for s in range(0, n, _S):
+            acc = zero
+            for i in range(s, min(s + _S, n)):
+                acc = _radd(acc, _logits_loss(load(x, i), load(t, i), pw[i], one, zero) * w[i])
+            total += acc
     return total
 
 
-@hjit()
+@_blockjit()
+def _logits_grad_block(x, t, w, pw, out, n, write, g, gs):
+    one = cval(x, 1.0)
+    zero = cval(x, 0.0)
+    total = 0.0
+    if write:
+        for i in range(n):
+            xv = load(x, i)
+            loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
+            out[i] = loss * w[i]
+            store(g, i, grad * (w[i] * gs[i]))
+    else:
+        for s in range(0, n, _S):
+            acc = zero
+            for i in range(s, min(s + _S, n)):
+                xv = load(x, i)
+                loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
+                acc = _radd(acc, loss * w[i])
+                store(g, i, grad * (w[i] * gs[i]))
+            total += acc
+    return total
+
+
+@_blockjit()
+def _logits_inplace_block(x, t, w, pw, out, n, write, gs):
+    """As _logits_grad_block with the gradient written over x (no second array argument:
+    LLVM's runtime alias check would fail and run scalar code)."""
+    one = cval(x, 1.0)
+    zero = cval(x, 0.0)
+    total = 0.0
+    if write:
+        for i in range(n):
+            xv = load(x, i)
+            loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
+            out[i] = loss * w[i]
+            store(x, i, grad * (w[i] * gs[i]))
+    else:
+        for s in range(0, n, _S):
+            acc = zero
+            for i in range(s, min(s + _S, n)):
+                xv = load(x, i)
+                loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
+                acc = _radd(acc, loss * w[i])
+                store(x, i, grad * (w[i] * gs[i]))
+            total += acc
+    return total
+
+
+@_inl()
+def _focal_loop(x, t, alpha, gamma, gmode, use_alpha, out, n, write, one, zero):
+    total = 0.0
+    if write:
+        for i in range(n):
+            out[i] = _focal_value(load(x, i), load(t, i), alpha, gamma, gmode, use_alpha,
+                                  one, zero)
+    else:
+        for s in range(0, n, _S):
+            acc = zero
+            for i in range(s, min(s + _S, n)):
+                acc = _radd(acc, _focal_value(load(x, i), load(t, i), alpha, gamma, gmode, use_alpha,
+                                    one, zero))
+            total += acc
+    return total
+
+
+@_blockjit()
+def _focal_block(x, t, alpha, gamma, gmode, out, n, write):
+    one = cval(x, 1.0)
+    zero = cval(x, 0.0)
+    use_alpha = alpha >= zero
+    if gmode == 2:
+        return _focal_loop(x, t, alpha, gamma, 2, use_alpha, out, n, write, one, zero)
+    if gmode == 1:
+        return _focal_loop(x, t, alpha, gamma, 1, use_alpha, out, n, write, one, zero)
+    if gmode == 0:
+        return _focal_loop(x, t, alpha, gamma, 0, use_alpha, out, n, write, one, zero)
+    return _focal_loop(x, t, alpha, gamma, 3, use_alpha, out, n, write, one, zero)
+
+
+@_blockjit()
 def _range_block(a, n):
     """Index of the first element of `a` outside [0, 1] (NaN is not), or -1."""
     zero = cval(a, 0.0)
