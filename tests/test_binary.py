@@ -84,6 +84,22 @@ def test_bce_matches_reference(backend, dtype, reduction, wopt):
     close(got, want, LOSS_TOL[dtype] * (1 if reduction == "none" else 10))
 
 
+@backend_params
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_matches_scipy_xlogy(backend, dtype):
+    """Away from the -100 clamp BCE is -(xlogy(t, p) + xlogy(1 - t, 1 - p)): SciPy's
+    0 log 0 = 0 convention where a target is exactly 0 or 1."""
+    from scipy.special import xlogy
+
+    shape = shape_for(backend)
+    p = (rng.random(shape) * 0.98 + 0.01).astype(dtype)
+    t = rng.random(shape).astype(dtype)
+    t.flat[:4] = [0.0, 1.0, 0.0, 1.0]
+    got = binary_cross_entropy(to_backend(p, backend), to_backend(t, backend), reduction="none")
+    p64, t64 = p.astype(np.float64), t.astype(np.float64)
+    close(got, -(xlogy(t64, p64) + xlogy(1 - t64, 1 - p64)), LOSS_TOL[dtype])
+
+
 LOGIT_OPTS = [
     {},
     {"weight": "last"},

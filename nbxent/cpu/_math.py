@@ -163,14 +163,11 @@ _FNAN = np.float32(np.nan)
 
 
 @_sjit()
-def exp32(x):
-    """exp of a float32, vectorisable; about 1 ulp.
-
-    Exactly 0 for x < -103.97 (including -inf), +inf for x > 88.72283 (including +inf),
-    NaN for NaN; subnormal results in between are approximate (two-step scaling).
-    """
-    # No clamping: outside [_EXP_LO, _EXP_HI] and for NaN the arithmetic below yields garbage
-    # (LLVM: poison from the float->int conversion) that the final selects discard.
+def exp_core(x):
+    """exp(x) for x in [_EXP_LO, _EXP_HI] (outside, and for NaN, garbage: LLVM poison from
+    the float->int conversion, for the callers to select away). Cody-Waite reduction by
+    ln 2, Cephes polynomial, 2**n as two normal powers of two (n in [-150, 128]: subnormal
+    results come out approximately right)."""
     n = _rint32(x * _LOG2E)
     r = x - n * _LN2_HI
     r = r - n * _LN2_LO
@@ -181,19 +178,67 @@ def exp32(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     y = p * (r * r) + r + _F1
-    # 2**n for n in [-150, 128] as two normal powers of two
     ni = np.int32(n)
     n1 = ni >> np.int32(1)
     n2 = ni - n1
     y = y * _bits_f32((n1 + np.int32(127)) << np.int32(23))
-    y = y * _bits_f32((n2 + np.int32(127)) << np.int32(23))
+    return y * _bits_f32((n2 + np.int32(127)) << np.int32(23))
+
+
+@_sjit()
+def exp32(x):
+    """exp of a float32, vectorisable; about 1 ulp.
+
+    Exactly 0 for x < -103.97 (including -inf), +inf for x > 88.72283 (including +inf),
+    NaN for NaN; subnormal results in between are approximate (two-step scaling).
+    """
+    y = exp_core(x)
     y = _F0 if x < _EXP_LO else y
     y = _FINF if x > _EXP_HI else y
     return x if x != x else y
 
 
 _SQRTHF = np.float32(0.707106781186547524)
+_TINY = np.float32(1.17549435e-38)   # least normal float32
 _TWO23 = np.float32(8388608.0)
+
+
+@_sjit()
+def log_reduce(x):
+    """(f, k) with x = 2**k (1 + f), f in [sqrt(1/2) - 1, sqrt(2) - 1], k a float32 integer,
+    for finite x > 0 (subnormals exact); garbage otherwise, for the callers to select away."""
+    sub = x < _TINY
+    xs = x * _TWO23 if sub else x
+    bits = _f32_bits(xs)
+    e = (bits >> np.int32(23)) - np.int32(126)
+    e = e - np.int32(23) if sub else e
+    m = _bits_f32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))   # [0.5, 1)
+    small = m < _SQRTHF
+    e = e - np.int32(1) if small else e
+    f = (m + m - _F1) if small else (m - _F1)
+    return f, np.float32(e)
+
+
+@_sjit()
+def log_core(f, k, extra):
+    """log(1 + f) + k ln2 + extra for f in [sqrt(1/2) - 1, sqrt(2) - 1] (Cephes logf);
+    `extra`, a correction far below ulp(1) (0 for a plain log), is added with the low-order
+    terms."""
+    z = f * f
+    y = np.float32(7.0376836292e-2)
+    y = y * f + np.float32(-1.1514610310e-1)
+    y = y * f + np.float32(1.1676998740e-1)
+    y = y * f + np.float32(-1.2420140846e-1)
+    y = y * f + np.float32(1.4249322787e-1)
+    y = y * f + np.float32(-1.6668057665e-1)
+    y = y * f + np.float32(2.0000714765e-1)
+    y = y * f + np.float32(-2.4999993993e-1)
+    y = y * f + np.float32(3.3333331174e-1)
+    y = y * f * z
+    y = y + (k * _LN2_LO + extra)
+    y = y - np.float32(0.5) * z
+    r = f + y
+    return r + k * _LN2_HI
 
 
 @_sjit()
@@ -202,31 +247,8 @@ def log32(x):
 
     log(0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, log(NaN) = NaN; subnormals exact.
     """
-    sub = x < np.float32(1.17549435e-38)
-    xs = x * _TWO23 if sub else x
-    bits = _f32_bits(xs)
-    e = (bits >> np.int32(23)) - np.int32(126)
-    e = e - np.int32(23) if sub else e
-    m = _bits_f32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))   # [0.5, 1)
-    small = m < _SQRTHF
-    e = e - np.int32(1) if small else e
-    m = (m + m - _F1) if small else (m - _F1)
-    fe = np.float32(e)
-    z = m * m
-    y = np.float32(7.0376836292e-2)
-    y = y * m + np.float32(-1.1514610310e-1)
-    y = y * m + np.float32(1.1676998740e-1)
-    y = y * m + np.float32(-1.2420140846e-1)
-    y = y * m + np.float32(1.4249322787e-1)
-    y = y * m + np.float32(-1.6668057665e-1)
-    y = y * m + np.float32(2.0000714765e-1)
-    y = y * m + np.float32(-2.4999993993e-1)
-    y = y * m + np.float32(3.3333331174e-1)
-    y = y * m * z
-    y = y + fe * _LN2_LO
-    y = y - np.float32(0.5) * z
-    r = m + y
-    r = r + fe * _LN2_HI
+    f, k = log_reduce(x)
+    r = log_core(f, k, _F0)
     r = _FINF if x == _FINF else r
     r = -_FINF if x == _F0 else r
     r = _FNAN if x < _F0 else r

@@ -37,8 +37,8 @@ from numba import prange, types
 from numba.extending import overload
 
 from nbxent._config import hjit, pjit
-from nbxent.cpu._math import (STRICT, _bits_f32, _f32_bits, _rint32, cempty, cexp, clog, crow,
-                              cval, load, store)
+from nbxent.cpu._math import (STRICT, cempty, cexp, clog, crow, cval, exp_core, load, log_core,
+                              log_reduce, store)
 from nbxent.cpu._math import borrow as _b
 
 _B = 4096      # elements per block: the fixed partition of the reductions
@@ -84,81 +84,33 @@ def _radd(acc, v):
 # ============================================================================ float32 math
 # exp and log specialised to the arguments that occur here (no overflow, no negative
 # arguments, no infinities after the reduction): fewer instructions per element than the
-# general exp32/log32 of nbxent/cpu/_math.py, same polynomials (Cephes), about 1 ulp.
+# general exp32/log32 of nbxent/cpu/_math.py, built on the same cores (exp_core,
+# log_reduce, log_core), about 1 ulp.
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 _ONEHALF = np.float32(1.5)
 _TWO = np.float32(2.0)
-_LOG2E = np.float32(1.44269504088896341)
-_LN2_HI = np.float32(0.693359375)
-_LN2_LO = np.float32(-2.12194440e-4)
 _EXP_LO = np.float32(-103.97208)     # below: exp underflows to 0
-_SQRTHF = np.float32(0.707106781186547524)
 _SQRT2 = np.float32(1.41421356237309505)
-_TINY = np.float32(1.17549435e-38)   # least normal float32
-_TWO23 = np.float32(8388608.0)
 
 
 @_exact()
 def _exp_neg(y):
     """exp(y) for y <= 0 (NaN gives NaN, -inf and y < -103.97 give 0): exp32 without the
     overflow branch."""
-    n = _rint32(y * _LOG2E)
-    r = y - n * _LN2_HI
-    r = r - n * _LN2_LO
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    v = p * (r * r) + r + _F1
-    ni = np.int32(n)                  # in [-150, 0]: 2**n as two normal powers of two
-    n1 = ni >> np.int32(1)
-    n2 = ni - n1
-    v = v * _bits_f32((n1 + np.int32(127)) << np.int32(23))
-    v = v * _bits_f32((n2 + np.int32(127)) << np.int32(23))
+    v = exp_core(y)
     v = _F0 if y < _EXP_LO else v
     return y if y != y else v
-
-
-@_exact()
-def _log_core(f, k, extra):
-    """log(1 + f) + k ln2 + extra for f in [sqrt(1/2) - 1, sqrt(2) - 1] (Cephes logf);
-    `extra` a correction far below ulp(1) added with the low-order terms."""
-    z = f * f
-    y = np.float32(7.0376836292e-2)
-    y = y * f + np.float32(-1.1514610310e-1)
-    y = y * f + np.float32(1.1676998740e-1)
-    y = y * f + np.float32(-1.2420140846e-1)
-    y = y * f + np.float32(1.4249322787e-1)
-    y = y * f + np.float32(-1.6668057665e-1)
-    y = y * f + np.float32(2.0000714765e-1)
-    y = y * f + np.float32(-2.4999993993e-1)
-    y = y * f + np.float32(3.3333331174e-1)
-    y = y * f * z
-    y = y + (k * _LN2_LO + extra)
-    y = y - _HALF * z
-    r = f + y
-    return r + k * _LN2_HI
 
 
 @_exact()
 def _log_unit(x, extra):
     """log(x) + extra for x in [0, 1] (subnormals exact; x = 0 gives about -104, which the
     callers clamp to -100; NaN gives finite garbage: callers select NaN themselves)."""
-    sub = x < _TINY
-    xs = x * _TWO23 if sub else x
-    bits = _f32_bits(xs)
-    e = (bits >> np.int32(23)) - np.int32(126)
-    e = e - np.int32(23) if sub else e
-    m = _bits_f32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))   # [0.5, 1)
-    small = m < _SQRTHF
-    e = e - np.int32(1) if small else e
-    f = (m + m - _F1) if small else (m - _F1)
-    return _log_core(f, np.float32(e), extra)
+    f, k = log_reduce(x)
+    return log_core(f, k, extra)
 
 
 @_exact()
@@ -192,7 +144,7 @@ def _log1p_e(e, w, rw):
     big = w > _SQRT2
     m = w * _HALF if big else w
     k = _F1 if big else _F0
-    return _log_core(m - _F1, k, c * rw)
+    return log_core(m - _F1, k, c * rw)
 
 
 @_exact()
