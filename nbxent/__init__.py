@@ -11,6 +11,7 @@ from nbxent.binary import (
     binary_cross_entropy_with_logits_with_grad,
     sigmoid_focal_loss,
 )
+from nbxent.scoring import ScoreResult, score
 from nbxent.divergences import entropy, kl_divergence, log_loss, softmax_focal_loss
 from nbxent.softmax import (
     cross_entropy,
@@ -38,4 +39,6 @@ __all__ = [
     "logsumexp",
     "nll_loss",
     "softmax",
+    "score",
+    "ScoreResult",
 ]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
+import time
+
+import numpy as np
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -32,11 +38,152 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu",
                        help="CPU (NumPy, default), GPU (CuPy against torch on CUDA), or both")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+    score = sub.add_parser("score", help="stream cross-entropy statistics of .npy logits and labels")
+    score.add_argument("logits", nargs="?", help="LOGITS.npy: rows x classes (classes last)")
+    score.add_argument("labels", nargs="?", help="LABELS.npy: integer class indices, one per row")
+    score.add_argument("-o", "--out", metavar="LOSSES.npy", help="write the per-row losses here")
+    score.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                       help="rows per chunk (default: about 64 MB of logits)")
+    score.add_argument("--ignore-index", type=int, default=-100, metavar="I",
+                       help="label of rows to skip (default -100)")
+    score.add_argument("--label-smoothing", type=float, default=0.0, metavar="S")
+    score.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
+    score.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run that wrote --out")
+    score.add_argument("--json", action="store_true",
+                       help="print the summary as one JSON object on the last line of stdout")
+    score.add_argument("--demo", action="store_true",
+                       help="score a synthetic dataset of a few hundred MB in a temporary folder "
+                            "and check its mean against the float64 reference")
+    score.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                       help="progress bar on stderr (auto: when stderr is a terminal)")
     return parser
+
+
+_DEMO_ROWS, _DEMO_CLASSES = 500_000, 128   # 256 MB of float32 logits
+
+
+def _write_demo(folder: str, rows: int, classes: int):
+    """Synthetic logits/labels .npy files (written chunk by chunk): Gaussian logits with
+    the labelled class raised by 2, every 10th label ignored (-100)."""
+    rng = np.random.default_rng(2026)
+    labels = rng.integers(0, classes, rows)
+    labels[::10] = -100
+    x_path, y_path = os.path.join(folder, "logits.npy"), os.path.join(folder, "labels.npy")
+    np.save(y_path, labels)
+    x = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.float32, shape=(rows, classes))
+    step = 65536
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        block = rng.standard_normal((r1 - r0, classes), dtype=np.float32)
+        lab = labels[r0:r1]
+        hit = lab >= 0
+        block[np.nonzero(hit)[0], lab[hit]] += np.float32(2.0)
+        x[r0:r1] = block
+    x.flush()
+    del x
+    return x_path, y_path
+
+
+def _reference_mean(x_path: str, y_path: str, ignore_index: int, label_smoothing: float) -> float:
+    """The float64 reference mean loss, computed chunk by chunk."""
+    from nbxent import reference
+
+    x = np.load(x_path, mmap_mode="r")
+    y = np.load(y_path, mmap_mode="r")
+    total, count = 0.0, 0
+    for r0 in range(0, x.shape[0], 65536):
+        xs, ys = np.asarray(x[r0:r0 + 65536]), np.asarray(y[r0:r0 + 65536])
+        total += float(reference.cross_entropy(xs, ys, ignore_index=ignore_index, reduction="sum",
+                                               label_smoothing=label_smoothing))
+        count += int(np.count_nonzero(ys != ignore_index))
+    return total / count if count else math.nan
+
+
+def _summary(result, out) -> str:
+    lines = [
+        f"rows        {result.n_rows:,}",
+        f"scored      {result.n_scored:,}",
+        f"mean loss   {result.mean_loss:.6f}",
+        f"perplexity  {result.perplexity:.4f}",
+        f"accuracy    {result.accuracy:.4f}",
+        f"rows/s      {result.rows_per_second:,.0f}",
+        f"seconds     {result.seconds:.2f}",
+    ]
+    if out:
+        lines.append(f"losses      {out}")
+    return "\n".join(lines)
+
+
+def _score_command(args) -> int:
+    from nbxent.scoring import score
+
+    if args.demo == bool(args.logits):
+        raise _UsageError("give LOGITS.npy LABELS.npy, or --demo")
+    if args.logits and not args.labels:
+        raise _UsageError("give both LOGITS.npy and LABELS.npy")
+    if args.chunk_rows is not None and args.chunk_rows < 1:
+        raise _UsageError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    options = dict(out=args.out, chunk_rows=args.chunk_rows, ignore_index=args.ignore_index,
+                   label_smoothing=args.label_smoothing, device=args.device, progress=show,
+                   resume=args.resume)
+    check = None
+    with tempfile.TemporaryDirectory(prefix="nbxent-demo-") if args.demo else _no_folder() as folder:
+        if args.demo:
+            if not args.json:
+                print(f"writing a synthetic dataset ({_DEMO_ROWS:,} x {_DEMO_CLASSES} float32, "
+                      f"{_DEMO_ROWS * _DEMO_CLASSES * 4 >> 20} MB) to {folder}", flush=True)
+            x_path, y_path = _write_demo(folder, _DEMO_ROWS, _DEMO_CLASSES)
+        else:
+            x_path, y_path = args.logits, args.labels
+        result = score(x_path, y_path, **options)
+        if args.demo:
+            ref = _reference_mean(x_path, y_path, args.ignore_index, args.label_smoothing)
+            err = abs(result.mean_loss - ref) / abs(ref)
+            check = {"reference_mean_loss": ref, "relative_error": err, "ok": err <= 1e-6}
+    if args.json:
+        summary = result.as_dict()
+        if check is not None:
+            summary["demo_check"] = check
+        print(json.dumps(summary))
+    else:
+        print(_summary(result, args.out))
+        if check is not None:
+            verdict = "ok" if check["ok"] else "MISMATCH"
+            print(f"reference   {check['reference_mean_loss']:.6f} (float64 NumPy), relative "
+                  f"error {check['relative_error']:.1e}: {verdict}")
+    return 0 if check is None or check["ok"] else 1
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _no_folder:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "score":
+        try:
+            return _score_command(args)
+        except KeyboardInterrupt:
+            print("\nnbxent score: interrupted" + ("; rerun with --resume to continue"
+                                                    if args.out else ""), file=sys.stderr)
+            return 130
+        except _UsageError as e:
+            print(f"nbxent score: {e}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, TypeError, RuntimeError) as e:
+            print(f"nbxent score: error: {e}", file=sys.stderr)
+            return 1
     if args.command == "bench":
         from nbxent import bench
 

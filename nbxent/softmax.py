@@ -179,6 +179,28 @@ def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator
     return be.scalar(out1)
 
 
+def top1_hits(logits, target, *, axis=-1, ignore_index=-100):
+    """Per-row 1/0 (uint8): whether the label is the top-1 class, `numpy.argmax` along
+    `axis` (the first maximal class; the first NaN in a row with NaN); 0 for ignored rows.
+
+    Used by `nbxent.score` for accuracy. Checks labels like `cross_entropy`."""
+    be = backend_for(logits=logits, target=target)
+    rows = Rows(be, logits, axis)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    target = _as_target(be, target)
+    t_shape = tuple(be.shape_strides(target)[0])
+    if _checks.target_kind(be.dtype(target), t_shape, rows.shape, rows.axis) != "hard":
+        raise TypeError("top1_hits needs integer class indices, not probabilities")
+    (labels,), _ = rows.adopt(row_inputs=(_labels(rows, target),))
+    kernels = be.kernels(_FAMILY)
+    labels_view = rows.rows_view(labels)
+    no_weight = be.empty((0,), _checks.compute_dtype(rows.dtype))
+    _check_labels(rows, kernels, target, labels_view, be.view(no_weight, (0,), (1,)), ignore_index)
+    hits = rows.new_rows(np.uint8)
+    kernels.top1(rows.x_view(), labels_view, ignore_index, rows.rows_view(hits), be.stream)
+    return be.wrap(hits)
+
+
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, out=None):
     """Softmax cross-entropy of `logits` against class indices or probabilities.

@@ -442,6 +442,56 @@ def _nll_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os):
 
 
 @hjit()
+def _top1_row(row, y):
+    """1 if y is numpy.argmax(row) (the first maximal class; the first NaN when there is
+    one), else 0. Vectorised: a max pass, then a prefix pass over [0, y)."""
+    m = _row_max(row)
+    nans = 0
+    for c in range(row.size):
+        v = load(row, c)
+        nans += v != v
+    if nans:
+        for c in range(row.size):
+            v = load(row, c)
+            if v != v:
+                return 1 if c == y else 0
+    if load(row, y) != m:
+        return 0
+    prefix = cval(row, -np.inf)
+    for c in range(y):
+        prefix = fmax(prefix, load(row, c))
+    return 1 if (y == 0 or prefix < m) else 0
+
+
+@hjit()
+def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = xs[3] != 1
+    tx = np.empty(C if strided else 0, x.dtype)
+    for _ in range(r0, r1):
+        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        hit = 0
+        if y != ignore:
+            b = xs[0] + p * xs[1] + q * xs[2]
+            row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+            hit = _top1_row(row, y)
+        hits[hs[0] + p * hs[1] + q * hs[2]] = hit
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _top1_kernel(x, xs, P, Q, C, lab, ls, ignore, hits, hs, rpc):
+    x, lab, hits = _b(x), _b(lab), _b(hits)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, k * rpc, min(n, (k + 1) * rpc))
+
+
+@hjit()
 def _block_start(k, Q):
     r0 = k * _RED_BLOCK
     p = r0 // Q
@@ -822,6 +872,18 @@ def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
     ob, os = _flat(loss_out)
     w, _ = _weights(weight, C, loss_out.dtype)
     _nll_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os)
+
+
+def top1(x, labels, ignore_index, hits_out, stream=None):
+    """hits_out[p, q] = 1 where labels[p, q] is numpy.argmax(x[p, q, :]), else 0 (0 for
+    ignored rows). Labels must have been checked (label_stats)."""
+    P, Q, C = x.shape
+    if P * Q == 0:
+        return
+    xb, xs = _flat(x)
+    lb, ls = _flat(labels)
+    hb, hs = _flat(hits_out)
+    _top1_kernel(xb, xs, P, Q, C, lb, ls, int(ignore_index), hb, hs, _rows_per_chunk(P * Q, C))
 
 
 def sum_rows(values, scale, out, stream=None):

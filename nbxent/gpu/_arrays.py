@@ -12,6 +12,8 @@ The CuPy branches cannot run without a real GPU: they are untested under the sim
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import sys
@@ -179,14 +181,30 @@ def broadcast_to(a, shape):
 # ----------------------------------------------------------------------------- streams
 
 
-def current_stream(obj):
-    """The stream to launch on for `obj`: CuPy's current stream for CuPy arrays, else 0.
+_NUMBA_STREAM = contextvars.ContextVar("nbxent_numba_stream", default=0)
 
-    0 is Numba's default stream. CuPy's legacy null stream (pointer 0) maps to Numba's
-    legacy default stream, every other CuPy stream to `cuda.external_stream(ptr)`.
+
+@contextlib.contextmanager
+def numba_stream(stream):
+    """Launch the kernels of calls on non-CuPy arrays inside the block on the Numba stream
+    `stream` (instead of the default stream); used by the streaming scorer to overlap
+    transfers with compute. Per thread and per asyncio task (a context variable)."""
+    token = _NUMBA_STREAM.set(stream)
+    try:
+        yield stream
+    finally:
+        _NUMBA_STREAM.reset(token)
+
+
+def current_stream(obj):
+    """The stream to launch on for `obj`: CuPy's current stream for CuPy arrays, else the
+    stream of the enclosing `numba_stream` block (0, Numba's default stream, outside one).
+
+    CuPy's legacy null stream (pointer 0) maps to Numba's legacy default stream, every other
+    CuPy stream to `cuda.external_stream(ptr)`.
     """
     if not _is_cupy(obj):
-        return 0
+        return _NUMBA_STREAM.get()
     import cupy
     from numba import cuda
 

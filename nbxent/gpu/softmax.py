@@ -518,12 +518,37 @@ def _kernels(ct):
                 loss[p, q] = -(wy * ct(logp[p, q, y]))
             r += cuda.gridsize(1)
 
+    @cuda.jit
+    def top1_rows(x, labels, ignore, hits):
+        # one thread per row: meant for scoring, where the loss kernels dominate
+        n_q = x.shape[1]
+        n_cls = x.shape[2]
+        n_rows = x.shape[0] * n_q
+        r = cuda.grid(1)
+        while r < n_rows:
+            p = r // n_q
+            q = r - p * n_q
+            y = labels[p, q]
+            best = 0
+            if y != ignore:
+                m = ct(x[p, q, 0])
+                c = 1
+                while c < n_cls and m == m:
+                    v = ct(x[p, q, c])
+                    if v > m or v != v:
+                        m = v
+                        best = c
+                    c += 1
+            hits[p, q] = 1 if (y != ignore and best == y) else 0
+            r += cuda.gridsize(1)
+
     k = type("SoftmaxKernels", (), {})()
     k.lse_small, k.lse_block = lse_small, lse_block
     k.normalize_small, k.normalize_block = normalize_small, normalize_block
     k.forward = cross_entropy_kernels(False)
     k.with_grad = cross_entropy_kernels(True)
     k.nll_rows = nll_rows
+    k.top1_rows = top1_rows
     _KERNELS[ct] = k
     return k
 
@@ -733,6 +758,18 @@ def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
     nt = int(_reduce.THREADS_PER_BLOCK)
     k.nll_rows[_reduce.grid_for(n_rows, nt), nt, _reduce.launch_stream(stream)](
         logp, labels, weight, np.int64(ignore_index), loss_out)
+
+
+def top1(x, labels, ignore_index, hits_out, stream=None):
+    """hits_out[p, q] = 1 where labels[p, q] is the first maximal class of x[p, q, :] (the
+    first NaN when there is one: numpy.argmax), else 0; 0 for ignored rows."""
+    k = _kernels(_compute_types(x.dtype)[0])
+    n_rows, _ = _rows(x)
+    if n_rows == 0:
+        return
+    nt = int(_reduce.THREADS_PER_BLOCK)
+    k.top1_rows[_reduce.grid_for(n_rows, nt), nt, _reduce.launch_stream(stream)](
+        x, labels, np.int64(ignore_index), hits_out)
 
 
 def sum_rows(values, scale, out, stream=None):
