@@ -3,8 +3,9 @@
 `score(logits, labels)` walks the rows in chunks and returns a `ScoreResult` (mean loss,
 perplexity, top-1 accuracy, ...); with `out=` it also writes the per-row losses to a .npy
 file. Inputs are arrays (NumPy, memory-mapped, CuPy, Numba device arrays) or paths of .npy
-files, which are read chunk by chunk (`os.preadv` into reused buffers, one chunk read ahead
-on a background thread while the kernels run on the current one), never whole.
+files, which are read chunk by chunk, never whole: on the CPU through the file's memory map
+(read ahead by the OS, finished chunks dropped from the process); for
+the GPU with `os.preadv` into pinned buffers, one chunk ahead on a background thread.
 
 Sums are exact functions of the data, not of the chunking: per-row losses are summed in
 float64 over fixed *accounting blocks* of `block_rows` rows (a power of two that depends
@@ -27,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import queue
 import sys
@@ -77,23 +79,25 @@ class ScoreResult:
 class _Source:
     """Rows of an array or .npy file: `shape` (rows, C) or (rows,), `dtype`, `path`.
 
-    Files are C-ordered .npy files read with `read_into`; Fortran-ordered 2-D files and
-    arrays are sliced (`rows`)."""
+    C-ordered .npy files are read through `mapped` (CPU) or `read_into` (GPU); Fortran-ordered
+    2-D files and arrays are sliced (`rows`)."""
 
     def __init__(self, obj, name: str, want_2d: bool):
         self.name = name
         self.path = None
         self.fd = None
+        self.map = None
         self.offset = 0
         if isinstance(obj, (str, os.PathLike)):
             self.path = os.fspath(obj)
             self.array = _open_npy(self.path, name)
             self.original_shape = self.array.shape
-            if self.array.flags.c_contiguous:
+            if self.array.flags.c_contiguous and self.array.size:
                 self.offset = self.array.offset
                 self.fd = os.open(self.path, os.O_RDONLY)
                 if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         else:
             self.array = obj
             self.original_shape = tuple(int(n) for n in getattr(obj, "shape", ()))
@@ -137,6 +141,22 @@ class _Source:
         """Rows [r0, r1) as an array view (a memory map or device view for files/arrays)."""
         return self.array[r0:r1]
 
+    def mapped(self, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of a C-ordered file as a read-only view of its memory map."""
+        count = (r1 - r0) * self.shape[1]
+        view = np.frombuffer(self.map, self.dtype, count, self.offset + r0 * self.row_bytes)
+        return view.reshape(r1 - r0, self.shape[1])
+
+    def advise(self, r0: int, r1: int, advice: int):
+        """madvise the pages of rows [r0, r1) (MADV_DONTNEED: drop them from this process;
+        they stay in the page cache)."""
+        if self.map is None or r1 <= r0 or not hasattr(self.map, "madvise"):
+            return
+        start = self.offset + r0 * self.row_bytes
+        end = self.offset + r1 * self.row_bytes
+        aligned = start - start % mmap.PAGESIZE
+        self.map.madvise(advice, aligned, end - aligned)
+
     def read_into(self, buf: np.ndarray, r0: int, r1: int) -> np.ndarray:
         """Copy rows [r0, r1) into the front of the C-contiguous host buffer `buf`."""
         n = r1 - r0
@@ -165,6 +185,12 @@ class _Source:
         return fp
 
     def close(self):
+        if self.map is not None:
+            try:
+                self.map.close()
+            except BufferError:   # views still alive (an interrupted kernel's frame): the
+                pass              # map closes when the last of them goes
+            self.map = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -640,32 +666,24 @@ class _Prefetcher:
 
 
 def _run_cpu(x, y, start, n, chunk, block, options, chunk_done):
+    """Chunks on the CPU. A C-ordered file is read through its memory map: the kernels read
+    the page cache directly (no copy; the kernel reads ahead, the file being advised
+    sequential) and a finished chunk's pages are dropped from the process. (Asking for the
+    next chunk with MADV_WILLNEED measured ~20% slower here.)"""
     spans = _chunks(start, n, chunk)
     tile = max(block, (_TILE_BYTES // max(1, x.row_bytes)) // block * block)
-    reader = None
-    if x.fd is not None and spans:
-        C = x.shape[1]
-        reader = _Prefetcher(x, spans, lambda: np.empty((chunk, C), x.dtype), pool=2)
-    try:
-        for i, (r0, r1) in enumerate(spans):
-            buf = None
-            if reader is not None:
-                buf, xs = reader.get(i)
-            else:
-                xs = x.rows(r0, r1)
-            ys = np.ascontiguousarray(_host(y.rows(r0, r1)))
-            losses = np.empty(r1 - r0, _checks.compute_dtype(x.dtype))
-            hits = np.empty(r1 - r0, np.uint8)
-            for t0 in range(0, r1 - r0, tile):
-                t1 = min(r1 - r0, t0 + tile)
-                cross_entropy(xs[t0:t1], ys[t0:t1], reduction="none", out=losses[t0:t1], **options)
-                hits[t0:t1] = top1_hits(xs[t0:t1], ys[t0:t1], ignore_index=options["ignore_index"])
-            if buf is not None:
-                reader.release(buf)
-            chunk_done(r0, losses, ys, hits)
-    finally:
-        if reader is not None:
-            reader.close()
+    for i, (r0, r1) in enumerate(spans):
+        xs = x.mapped(r0, r1) if x.map is not None else x.rows(r0, r1)
+        ys = np.ascontiguousarray(_host(y.rows(r0, r1)))
+        losses = np.empty(r1 - r0, _checks.compute_dtype(x.dtype))
+        hits = np.empty(r1 - r0, np.uint8)
+        for t0 in range(0, r1 - r0, tile):
+            t1 = min(r1 - r0, t0 + tile)
+            cross_entropy(xs[t0:t1], ys[t0:t1], reduction="none", out=losses[t0:t1], **options)
+            hits[t0:t1] = top1_hits(xs[t0:t1], ys[t0:t1], ignore_index=options["ignore_index"])
+        del xs
+        x.advise(r0, r1, mmap.MADV_DONTNEED)
+        chunk_done(r0, losses, ys, hits)
 
 
 def _run_gpu(x, y, start, n, chunk, block, options, chunk_done):
