@@ -134,7 +134,7 @@ def _score_command(args) -> int:
         if args.demo:
             if not args.json:
                 print(f"writing a synthetic dataset ({_DEMO_ROWS:,} x {_DEMO_CLASSES} float32, "
-                      f"{_DEMO_ROWS * _DEMO_CLASSES * 4 >> 20} MB) to {folder}", flush=True)
+                      f"{_DEMO_ROWS * _DEMO_CLASSES * 4 // 10**6} MB) to {folder}", flush=True)
             x_path, y_path = _write_demo(folder, _DEMO_ROWS, _DEMO_CLASSES)
         else:
             x_path, y_path = args.logits, args.labels
