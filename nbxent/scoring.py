@@ -100,10 +100,10 @@ class _Source:
                 self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         else:
             self.array = obj
-            self.original_shape = tuple(int(n) for n in getattr(obj, "shape", ()))
+            if not _is_device_array(obj) and not isinstance(obj, np.ndarray):
+                self.array = np.asarray(obj)     # lists and other array-likes
+            self.original_shape = tuple(int(n) for n in self.array.shape)
         self.on_device = _is_device_array(self.array)
-        if not self.on_device and not isinstance(self.array, np.ndarray):
-            self.array = np.asarray(self.array)
         self.dtype = np.dtype(self.array.dtype)
         shape = self.original_shape
         if want_2d:
