@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -130,7 +131,7 @@ def _score_command(args) -> int:
                    label_smoothing=args.label_smoothing, device=args.device, progress=show,
                    resume=args.resume)
     check = None
-    with tempfile.TemporaryDirectory(prefix="nbxent-demo-") if args.demo else _no_folder() as folder:
+    with tempfile.TemporaryDirectory(prefix="nbxent-demo-") if args.demo else contextlib.nullcontext() as folder:
         if args.demo:
             if not args.json:
                 print(f"writing a synthetic dataset ({_DEMO_ROWS:,} x {_DEMO_CLASSES} float32, "
@@ -160,13 +161,6 @@ def _score_command(args) -> int:
 class _UsageError(Exception):
     pass
 
-
-class _no_folder:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv=None) -> int:

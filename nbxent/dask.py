@@ -63,8 +63,7 @@ def _per_row_weight(t, weight, ignore_index):
     scored = t != ignore_index
     if weight is None:
         return scored.astype(np.float64)
-    w = weight if type(weight).__module__.partition(".")[0] == type(t).__module__.partition(".")[0] \
-        else _like(t, weight)
+    w = _like(t, weight)
     safe = np.where(scored, t, 0)
     return np.where(scored, w[safe].astype(np.float64), 0.0)
 

@@ -196,9 +196,9 @@ class _Source:
             self.fd = None
 
 
-def _open_npy(path: str, name: str) -> np.memmap:
+def _open_npy(path: str, name: str) -> np.ndarray:
     """The .npy file at `path` as a read-only memory map (for its header; data is read
-    lazily), with errors that name the file."""
+    lazily; a plain empty array for an empty file), with errors that name the file."""
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
@@ -214,20 +214,11 @@ def _open_npy(path: str, name: str) -> np.memmap:
     except ValueError as e:
         raise ValueError(f"{name} file {path!r}: {e}") from None
     if not isinstance(arr, np.memmap):  # empty arrays come back as plain arrays
-        return _EmptyMap(arr)
+        return arr
     expected = arr.offset + arr.size * arr.dtype.itemsize
     if os.path.getsize(path) < expected:
         raise ValueError(f"{name} file {path!r} is truncated: its header promises {arr.shape}")
     return arr
-
-
-class _EmptyMap(np.ndarray):
-    """An empty array standing in for the memory map of an empty .npy file."""
-
-    def __new__(cls, arr):
-        obj = np.asarray(arr).view(cls)
-        obj.offset = 0
-        return obj
 
 
 # ============================================================================ accounting
@@ -514,12 +505,13 @@ def _scan_labels(y: _Source, C: int, ignore: int, chunk: int):
             )
 
 
-def _host(a) -> np.ndarray:
+def _host(a, stream=0) -> np.ndarray:
+    """`a` on the host: NumPy as is, CuPy via get(), Numba device arrays copied on `stream`."""
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "get"):
         return a.get()
-    return a.copy_to_host()
+    return a.copy_to_host(stream=stream)
 
 
 def _use_gpu(device: str, x: _Source, y: _Source) -> bool:
@@ -707,8 +699,7 @@ def _run_gpu(x, y, start, n, chunk, block, options, chunk_done):
         with _arrays.numba_stream(compute):
             losses = cross_entropy(xd, yd, reduction="none", **dev_options)
             hits = top1_hits(xd, yd, ignore_index=options["ignore_index"])
-        losses_h = losses.copy_to_host(stream=compute) if not hasattr(losses, "get") else losses.get()
-        hits_h = hits.copy_to_host(stream=compute) if not hasattr(hits, "get") else hits.get()
+        losses_h, hits_h = _host(losses, compute), _host(hits, compute)
         compute.synchronize()
         labels_h = np.ascontiguousarray(_host(y.rows(r0, r1)))
         chunk_done(r0, losses_h, labels_h, hits_h)

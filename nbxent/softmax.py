@@ -179,26 +179,37 @@ def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator
     return be.scalar(out1)
 
 
+def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_index):
+    """The shared set-up of nll_loss and top1_hits (integer class indices only): backend,
+    rows, adopted labels checked against [0, C), weights. Returns (rows, kernels,
+    labels_view, weight_view, denominator: the float64 sum of w[y] over counted rows)."""
+    be = backend_for(**{name: x}, target=target, weight=weight)
+    rows = Rows(be, x, axis, name=name)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    target = _as_target(be, target)
+    t_dtype = np.dtype(be.dtype(target))
+    if t_dtype.kind not in "iu":
+        raise TypeError(f"{caller} needs integer class indices as target, got dtype {t_dtype}")
+    _checks.target_kind(t_dtype, tuple(be.shape_strides(target)[0]), rows.shape, rows.axis)
+    weight_arr = _weights(rows, weight, _checks.compute_dtype(rows.dtype))
+    (labels,), _ = rows.adopt(row_inputs=(_labels(rows, target),))
+    kernels = be.kernels(_FAMILY)
+    weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
+    labels_view = rows.rows_view(labels)
+    denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+    return rows, kernels, labels_view, weight_view, denominator
+
+
 def top1_hits(logits, target, *, axis=-1, ignore_index=-100):
     """Per-row 1/0 (uint8): whether the label is the top-1 class, `numpy.argmax` along
     `axis` (the first maximal class; the first NaN in a row with NaN); 0 for ignored rows.
 
     Used by `nbxent.score` for accuracy. Checks labels like `cross_entropy`."""
-    be = backend_for(logits=logits, target=target)
-    rows = Rows(be, logits, axis)
-    ignore_index = _checks.check_ignore_index(ignore_index)
-    target = _as_target(be, target)
-    t_shape = tuple(be.shape_strides(target)[0])
-    if _checks.target_kind(be.dtype(target), t_shape, rows.shape, rows.axis) != "hard":
-        raise TypeError("top1_hits needs integer class indices, not probabilities")
-    (labels,), _ = rows.adopt(row_inputs=(_labels(rows, target),))
-    kernels = be.kernels(_FAMILY)
-    labels_view = rows.rows_view(labels)
-    no_weight = be.empty((0,), _checks.compute_dtype(rows.dtype))
-    _check_labels(rows, kernels, target, labels_view, be.view(no_weight, (0,), (1,)), ignore_index)
+    rows, kernels, labels_view, _, _ = _class_index_call("top1_hits", "logits", logits, target,
+                                                         axis, None, ignore_index)
     hits = rows.new_rows(np.uint8)
-    kernels.top1(rows.x_view(), labels_view, ignore_index, rows.rows_view(hits), be.stream)
-    return be.wrap(hits)
+    kernels.top1(rows.x_view(), labels_view, int(ignore_index), rows.rows_view(hits), rows.be.stream)
+    return rows.be.wrap(hits)
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
@@ -255,23 +266,12 @@ def nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=-100, redu
     Per-row loss `-w[y] log_probs[y]`, 0 for ignored rows; reductions as `cross_entropy`
     ("mean" divides by the sum of w[y] over non-ignored rows; NaN over no rows).
     """
-    be = backend_for(log_probs=log_probs, target=target, weight=weight)
-    rows = Rows(be, log_probs, axis, name="log_probs")
     reduction = _checks.check_reduction(reduction)
-    ignore_index = _checks.check_ignore_index(ignore_index)
-    target = _as_target(be, target)
-    t_dtype = np.dtype(be.dtype(target))
-    if t_dtype.kind not in "iu":
-        raise TypeError(f"nll_loss needs integer class indices as target, got dtype {t_dtype}")
-    _checks.target_kind(t_dtype, tuple(be.shape_strides(target)[0]), rows.shape, rows.axis)
+    rows, kernels, labels_view, weight_view, denominator = _class_index_call(
+        "nll_loss", "log_probs", log_probs, target, axis, weight, ignore_index)
+    be = rows.be
+    ignore_index = int(ignore_index)
     loss_dtype = _checks.compute_dtype(rows.dtype)
-    weight_arr = _weights(rows, weight, loss_dtype)
-    (labels,), _ = rows.adopt(row_inputs=(_labels(rows, target),))
-
-    kernels = be.kernels(_FAMILY)
-    weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
-    labels_view = rows.rows_view(labels)
-    denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
     loss = rows.new_rows(loss_dtype)
     loss_view = rows.rows_view(loss)
     kernels.nll(rows.x_view(), labels_view, weight_view, ignore_index, loss_view, be.stream)
