@@ -5,6 +5,7 @@ NumPy arrays run on the CPU; CuPy arrays, Numba device arrays and anything with
 `nbxent.reference` holds the float64 NumPy oracle of every function.
 """
 
+from nbxent._info import info
 from nbxent.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -41,4 +42,5 @@ __all__ = [
     "softmax",
     "score",
     "ScoreResult",
+    "info",
 ]

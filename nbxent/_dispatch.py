@@ -13,6 +13,8 @@ import importlib
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from nbxent import _threading
+
 
 def _gpu_arrays():
     from nbxent.gpu import _arrays
@@ -33,7 +35,7 @@ class CpuBackend:
     stream = None
 
     def kernels(self, family: str):
-        return importlib.import_module(f"nbxent.cpu.{family}")
+        return _threading.guard(importlib.import_module(f"nbxent.cpu.{family}"))
 
     def asarray(self, obj):
         return np.asarray(obj)

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="CPU (NumPy, default), GPU (CuPy against torch on CUDA), or both")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
+    about = sub.add_parser("info", help="versions, Numba threading layer, threads, GPU")
+    about.add_argument("--json", action="store_true", help="print one JSON object")
+
     score = sub.add_parser("score", help="stream cross-entropy statistics of .npy logits and labels")
     score.add_argument("logits", nargs="?", help="LOGITS.npy: rows x classes (classes last)")
     score.add_argument("labels", nargs="?", help="LABELS.npy: integer class indices, one per row")
@@ -178,6 +181,18 @@ def main(argv=None) -> int:
         except (OSError, ValueError, TypeError, RuntimeError) as e:
             print(f"nbxent score: error: {e}", file=sys.stderr)
             return 1
+    if args.command == "info":
+        from nbxent import info
+
+        facts = info()
+        if args.json:
+            print(json.dumps(facts))
+        else:
+            width = max(map(len, facts))
+            for key, value in facts.items():
+                shown = ", ".join(value) if isinstance(value, list) else value
+                print(f"{key:<{width}}  {shown}")
+        return 0
     if args.command == "bench":
         from nbxent import bench
 

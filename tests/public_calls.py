@@ -1,0 +1,91 @@
+"""Every public function of nbxent called on fixed data, for the concurrency, process and
+determinism tests (tests/test_concurrency.py and the child processes it starts).
+
+`calls()` maps a name to a zero-argument callable that returns the call's results as NumPy
+arrays; `run(calls)` runs them; `mismatches(a, b)` names the results that differ in any bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import nbxent
+
+
+def _inputs(seed: int = 20261124):
+    rng = np.random.default_rng(seed)
+    n, c = 3000, 37
+    x = (3 * rng.standard_normal((n, c))).astype(np.float32)
+    y = rng.integers(0, c, n)
+    y[::7] = -100
+    wide = (3 * rng.standard_normal((12, 50_000))).astype(np.float32)
+    wide_y = rng.integers(0, 50_000, 12)
+    soft = nbxent.softmax(rng.standard_normal((n, c)).astype(np.float32))
+    probs = nbxent.softmax(x.astype(np.float64))
+    weight = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    bx = (2 * rng.standard_normal((5000, 9))).astype(np.float32)
+    bt = (rng.random((5000, 9)) < 0.3).astype(np.float32)
+    return locals()
+
+
+def _arrays(*values):
+    return tuple(np.array(v, copy=True) for v in values)
+
+
+def calls(seed: int = 20261124) -> dict:
+    """name -> zero-argument callable returning a tuple of NumPy arrays."""
+    d = _inputs(seed)
+    x, y, wide, wide_y, soft, probs = d["x"], d["y"], d["wide"], d["wide_y"], d["soft"], d["probs"]
+    weight, bx, bt = d["weight"], d["bx"], d["bt"]
+    opts = dict(weight=weight, label_smoothing=0.1, z_loss=1e-3)
+
+    def score():
+        r = nbxent.score(x, y)
+        return _arrays([r.n_rows, r.n_scored], [r.sum_loss, r.mean_loss, r.perplexity, r.accuracy])
+
+    return {
+        "cross_entropy mean": lambda: _arrays(nbxent.cross_entropy(x, y, **opts)),
+        "cross_entropy none": lambda: _arrays(nbxent.cross_entropy(x, y, reduction="none")),
+        "cross_entropy sum, wide": lambda: _arrays(nbxent.cross_entropy(wide, wide_y, reduction="sum")),
+        "cross_entropy soft": lambda: _arrays(nbxent.cross_entropy(x, soft)),
+        "cross_entropy_with_grad": lambda: _arrays(*nbxent.cross_entropy_with_grad(x, y, **opts)),
+        "cross_entropy_with_grad inplace": lambda: _arrays(
+            *nbxent.cross_entropy_with_grad(x.copy(), y, reduction="sum", inplace=True)),
+        "cross_entropy_with_grad wide": lambda: _arrays(
+            *nbxent.cross_entropy_with_grad(wide, wide_y)),
+        "nll_loss": lambda: _arrays(nbxent.nll_loss(nbxent.log_softmax(x), y, weight=weight)),
+        "log_softmax": lambda: _arrays(nbxent.log_softmax(x)),
+        "softmax": lambda: _arrays(nbxent.softmax(wide)),
+        "logsumexp": lambda: _arrays(nbxent.logsumexp(x), nbxent.logsumexp(wide)),
+        "entropy": lambda: _arrays(nbxent.entropy(x, from_logits=True), nbxent.entropy(soft)),
+        "kl_divergence": lambda: _arrays(nbxent.kl_divergence(soft, x, from_logits=True,
+                                                              reduction="mean")),
+        "softmax_focal_loss": lambda: _arrays(nbxent.softmax_focal_loss(x, y, gamma=2.0)),
+        "log_loss": lambda: _arrays(nbxent.log_loss(np.where(y < 0, 0, y), probs,
+                                                    labels=np.arange(x.shape[1]))),
+        "binary_cross_entropy": lambda: _arrays(
+            nbxent.binary_cross_entropy(nbxent.softmax(bx), bt, reduction="sum")),
+        "binary_cross_entropy_with_logits": lambda: _arrays(
+            nbxent.binary_cross_entropy_with_logits(bx, bt, pos_weight=np.full(9, 2.0, np.float32))),
+        "binary_cross_entropy_with_logits_with_grad": lambda: _arrays(
+            *nbxent.binary_cross_entropy_with_logits_with_grad(bx, bt)),
+        "sigmoid_focal_loss": lambda: _arrays(nbxent.sigmoid_focal_loss(bx, bt)),
+        "score": score,
+    }
+
+
+def run(table: dict) -> dict:
+    return {name: fn() for name, fn in table.items()}
+
+
+def mismatches(expected: dict, got: dict) -> list[str]:
+    """Names whose results differ from `expected` in dtype, shape or any bit."""
+    bad = []
+    for name, want in expected.items():
+        have = got[name]
+        same = len(want) == len(have) and all(
+            a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+            for a, b in zip(want, have))
+        if not same:
+            bad.append(name)
+    return bad

@@ -1,0 +1,112 @@
+"""Threads, processes, Numba threading layers and determinism across thread counts.
+
+Checks that need a threading layer other than this process's, more threads than this
+machine has cores, or child processes run tests/concurrency_worker.py in a subprocess; the
+subprocesses share one temporary Numba cache so that only the first one compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import concurrency_worker
+import public_calls
+from nbxent import _threading
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "concurrency_worker.py")
+
+
+@pytest.fixture(scope="module")
+def table():
+    return public_calls.calls()
+
+
+@pytest.fixture(scope="module")
+def worker_env(tmp_path_factory):
+    env = dict(os.environ, NBXENT_CACHE="1",
+               NUMBA_CACHE_DIR=str(tmp_path_factory.mktemp("numba-cache")))
+    env.pop("NUMBA_THREADING_LAYER", None)
+    env.pop("NUMBA_NUM_THREADS", None)
+    return env
+
+
+def run_worker(mode: str, env: dict, **extra) -> dict:
+    proc = subprocess.run([sys.executable, WORKER, mode], env=dict(env, **extra),
+                          capture_output=True, text=True, timeout=1200)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"worker {mode} printed nothing (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    report = json.loads(lines[-1])
+    report["returncode"] = proc.returncode
+    return report
+
+
+def loadable(layer: str) -> bool:
+    return layer in _threading.describe()["layers_available"]
+
+
+def test_8_threads_give_the_serial_results_in_this_process(table):
+    assert concurrency_worker.check_threads(table) == []
+
+
+def test_every_thread_count_gives_identical_bits_in_this_process(table):
+    assert concurrency_worker.check_thread_counts(table) == []
+
+
+def test_every_thread_count_up_to_8_gives_identical_bits(worker_env):
+    report = run_worker("thread-counts", worker_env, NUMBA_NUM_THREADS="8")
+    assert report["mismatches"] == [] and report["returncode"] == 0
+
+
+@pytest.mark.parametrize("layer", ["tbb", "omp", "workqueue"])
+def test_8_threads_under_each_threading_layer(layer, worker_env):
+    if not loadable(layer):
+        pytest.skip(f"Numba's {layer} threading layer cannot be loaded on this machine")
+    report = run_worker("threads", worker_env, NUMBA_THREADING_LAYER=layer)
+    assert report["layer"] == layer
+    assert report["mismatches"] == [] and report["returncode"] == 0
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_children_after_a_parallel_call_in_the_parent(method, worker_env):
+    report = run_worker(method, worker_env)
+    if report["layer"] == "omp" and method == "fork":
+        pytest.skip("the default layer here is GNU OpenMP, which cannot run after fork")
+    assert report["mismatches"] == [] and report["returncode"] == 0
+
+
+def test_fork_after_gnu_openmp_is_a_clear_error_not_a_killed_child(worker_env):
+    if not loadable("omp"):
+        pytest.skip("Numba's omp threading layer cannot be loaded on this machine")
+    report = run_worker("fork", worker_env, NUMBA_THREADING_LAYER="omp")
+    vendor_is_gnu = report["mismatches"] != []
+    if not vendor_is_gnu:
+        pytest.skip("this OpenMP is not GNU's: fork is safe and the children matched")
+    assert report["returncode"] == 1
+    assert all(m.startswith("RuntimeError: nbxent cannot run CPU kernels in this process: it "
+                            "was forked after its parent started GNU OpenMP threads")
+               for m in report["mismatches"]), report["mismatches"]
+
+
+def test_info_reports_the_layer_and_its_safety():
+    import nbxent
+    from numba.np.ufunc import parallel
+
+    facts = nbxent.info()
+    assert facts["threading_layer"] == parallel.threading_layer()
+    assert facts["threading_layer"] in facts["layers_available"]
+    assert facts["serialised_calls"] == (facts["threading_layer"] == "workqueue")
+    assert facts["threads_in_use"] >= 1 and facts["numba"]
+
+
+def test_info_command_prints_json(worker_env):
+    proc = subprocess.run([sys.executable, "-m", "nbxent", "info", "--json"], env=dict(
+        worker_env, NUMBA_THREADING_LAYER="workqueue"), capture_output=True, text=True,
+        timeout=300)
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["threading_layer"] == "workqueue" and facts["serialised_calls"] is True
+    assert facts["fork_safe"] is True
