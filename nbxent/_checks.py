@@ -66,8 +66,20 @@ def check_real(name: str, value, low: float, high: float) -> float:
         raise ValueError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not (low <= value <= high):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+        raise ValueError(f"{name} must be {_interval(low, high)}, got {value}")
     return value
+
+
+def _interval(low: float, high: float) -> str:
+    """[low, high] in words; the largest float as a bound means 'finite'."""
+    biggest = float(np.finfo(np.float64).max)
+    if high >= biggest and low <= -biggest:
+        return "a finite number"
+    if high >= biggest:
+        return f"a finite number >= {low}"
+    if low <= -biggest:
+        return f"a finite number <= {high}"
+    return f"in [{low}, {high}]"
 
 
 def target_kind(target_dtype, target_shape: tuple, logits_shape: tuple, axis: int) -> str:

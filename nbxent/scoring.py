@@ -463,11 +463,24 @@ def score(logits, labels, *, out=None, chunk_rows=None, ignore_index=-100, devic
         x.close()
         raise
     try:
+        _check_out_is_not_an_input(out, (x, y))
         return _score(x, y, out, chunk_rows, ignore_index, device, progress, resume, weight,
                       float(label_smoothing), float(z_loss))
     finally:
         x.close()
         y.close()
+
+
+def _check_out_is_not_an_input(out, sources):
+    """Renaming the finished output over an input file would destroy the data being read."""
+    if out is None:
+        return
+    for src in sources:
+        for candidate in (os.fspath(out), os.fspath(out) + ".partial"):
+            if src.path is not None and os.path.exists(candidate) \
+                    and os.path.samefile(candidate, src.path):
+                raise ValueError(f"out {os.fspath(out)!r} would overwrite the {src.name} file "
+                                 f"{src.path!r}: choose another output path")
 
 
 def _check_sources(x: _Source, y: _Source):

@@ -257,7 +257,8 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
     """
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
                           label_smoothing, z_loss, out, want_grad=True,
-                          grad_output=grad_output, inplace=bool(inplace))
+                          grad_output=grad_output,
+                          inplace=_checks.check_bool("inplace", inplace))
 
 
 def nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"):
