@@ -13,7 +13,9 @@ import numpy as np
 from nbxent import (binary_cross_entropy, binary_cross_entropy_with_logits,
                     binary_cross_entropy_with_logits_with_grad, sigmoid_focal_loss)
 
-SHAPE = (4_000_000, 8)
+from .common import sized
+
+SHAPE = sized((4_000_000, 8), (100, 8))
 
 
 def _data(xp):

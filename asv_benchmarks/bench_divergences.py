@@ -10,9 +10,9 @@ import numpy as np
 
 from nbxent.divergences import entropy, kl_divergence, log_loss, softmax_focal_loss
 
-from .common import logits_and_labels
+from .common import logits_and_labels, sized
 
-N, C = 65536, 1000
+N, C = sized((65536, 1000), (64, 20))
 
 
 def _probs(n, c, seed=1):

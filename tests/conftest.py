@@ -69,10 +69,16 @@ def _fast_simulator():
     kernelapi.FakeCUDAShared.array = original
 
 
+def run_slow_tests() -> bool:
+    """Slow tests run in CI (CI=true) and where NBXENT_SLOW=1; NBXENT_SLOW=0 skips them."""
+    flag = os.environ.get("NBXENT_SLOW")
+    return flag == "1" if flag in ("0", "1") else os.environ.get("CI", "").lower() == "true"
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("NBXENT_SLOW") == "1":
+    if run_slow_tests():
         return
-    skip = pytest.mark.skip(reason="slow test: set NBXENT_SLOW=1 to run it")
+    skip = pytest.mark.skip(reason="slow test: runs in CI (CI=true) or with NBXENT_SLOW=1")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

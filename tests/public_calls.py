@@ -3,6 +3,7 @@ determinism tests (tests/test_concurrency.py and the child processes it starts).
 
 `calls()` maps a name to a zero-argument callable that returns the call's results as NumPy
 arrays; `run(calls)` runs them; `mismatches(a, b)` names the results that differ in any bit.
+`calls(backend="gpu")` runs them on GPU arrays (tiny shapes under the CUDA simulator).
 """
 
 from __future__ import annotations
@@ -10,34 +11,38 @@ from __future__ import annotations
 import numpy as np
 
 import nbxent
+from backends import SIMULATOR, to_backend, to_host
 
 
-def _inputs(seed: int = 20261124):
+def _inputs(seed: int, tiny: bool):
     rng = np.random.default_rng(seed)
-    n, c = 3000, 37
+    n, c, wide_c, bn = (40, 7, 300, 50) if tiny else (3000, 37, 50_000, 5000)
     x = (3 * rng.standard_normal((n, c))).astype(np.float32)
     y = rng.integers(0, c, n)
     y[::7] = -100
-    wide = (3 * rng.standard_normal((12, 50_000))).astype(np.float32)
-    wide_y = rng.integers(0, 50_000, 12)
+    wide = (3 * rng.standard_normal((2 if tiny else 12, wide_c))).astype(np.float32)
+    wide_y = rng.integers(0, wide_c, wide.shape[0])
     soft = nbxent.softmax(rng.standard_normal((n, c)).astype(np.float32))
     probs = nbxent.softmax(x.astype(np.float64))
     weight = rng.uniform(0.5, 2.0, c).astype(np.float32)
-    bx = (2 * rng.standard_normal((5000, 9))).astype(np.float32)
-    bt = (rng.random((5000, 9)) < 0.3).astype(np.float32)
-    return locals()
+    bx = (2 * rng.standard_normal((bn, 9))).astype(np.float32)
+    bt = (rng.random((bn, 9)) < 0.3).astype(np.float32)
+    return {k: v for k, v in locals().items() if isinstance(v, np.ndarray)}
 
 
 def _arrays(*values):
-    return tuple(np.array(v, copy=True) for v in values)
+    return tuple(np.array(v if isinstance(v, list) else to_host(v), copy=True) for v in values)
 
 
-def calls(seed: int = 20261124) -> dict:
+def calls(seed: int = 20261124, backend: str = "cpu") -> dict:
     """name -> zero-argument callable returning a tuple of NumPy arrays."""
-    d = _inputs(seed)
+    d = {k: to_backend(v, backend)
+         for k, v in _inputs(seed, tiny=backend == "gpu" and SIMULATOR).items()}
     x, y, wide, wide_y, soft, probs = d["x"], d["y"], d["wide"], d["wide_y"], d["soft"], d["probs"]
     weight, bx, bt = d["weight"], d["bx"], d["bt"]
     opts = dict(weight=weight, label_smoothing=0.1, z_loss=1e-3)
+    c = d["x"].shape[1]
+    copy = (lambda a: a.copy()) if backend == "cpu" else (lambda a: to_backend(to_host(a), backend))
 
     def score():
         r = nbxent.score(x, y)
@@ -50,7 +55,7 @@ def calls(seed: int = 20261124) -> dict:
         "cross_entropy soft": lambda: _arrays(nbxent.cross_entropy(x, soft)),
         "cross_entropy_with_grad": lambda: _arrays(*nbxent.cross_entropy_with_grad(x, y, **opts)),
         "cross_entropy_with_grad inplace": lambda: _arrays(
-            *nbxent.cross_entropy_with_grad(x.copy(), y, reduction="sum", inplace=True)),
+            *nbxent.cross_entropy_with_grad(copy(x), y, reduction="sum", inplace=True)),
         "cross_entropy_with_grad wide": lambda: _arrays(
             *nbxent.cross_entropy_with_grad(wide, wide_y)),
         "nll_loss": lambda: _arrays(nbxent.nll_loss(nbxent.log_softmax(x), y, weight=weight)),
@@ -61,12 +66,13 @@ def calls(seed: int = 20261124) -> dict:
         "kl_divergence": lambda: _arrays(nbxent.kl_divergence(soft, x, from_logits=True,
                                                               reduction="mean")),
         "softmax_focal_loss": lambda: _arrays(nbxent.softmax_focal_loss(x, y, gamma=2.0)),
-        "log_loss": lambda: _arrays(nbxent.log_loss(np.where(y < 0, 0, y), probs,
-                                                    labels=np.arange(x.shape[1]))),
+        "log_loss": lambda: _arrays(nbxent.log_loss(np.where(to_host(y) < 0, 0, to_host(y)),
+                                                    probs, labels=np.arange(c))),
         "binary_cross_entropy": lambda: _arrays(
             nbxent.binary_cross_entropy(nbxent.softmax(bx), bt, reduction="sum")),
         "binary_cross_entropy_with_logits": lambda: _arrays(
-            nbxent.binary_cross_entropy_with_logits(bx, bt, pos_weight=np.full(9, 2.0, np.float32))),
+            nbxent.binary_cross_entropy_with_logits(
+                bx, bt, pos_weight=to_backend(np.full(9, 2.0, np.float32), backend))),
         "binary_cross_entropy_with_logits_with_grad": lambda: _arrays(
             *nbxent.binary_cross_entropy_with_logits_with_grad(bx, bt)),
         "sigmoid_focal_loss": lambda: _arrays(nbxent.sigmoid_focal_loss(bx, bt)),

@@ -16,6 +16,7 @@ import pytest
 
 import concurrency_worker
 import public_calls
+from backends import BACKENDS
 from nbxent import _threading
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "concurrency_worker.py")
@@ -60,6 +61,13 @@ def test_every_thread_count_gives_identical_bits_in_this_process(table):
 def test_every_thread_count_up_to_8_gives_identical_bits(worker_env):
     report = run_worker("thread-counts", worker_env, NUMBA_NUM_THREADS="8")
     assert report["mismatches"] == [] and report["returncode"] == 0
+
+
+@pytest.mark.skipif("gpu" not in BACKENDS, reason="needs the GPU backend (real GPU or simulator)")
+def test_gpu_gives_identical_bits_on_every_run():
+    table = public_calls.calls(backend="gpu")
+    first = public_calls.run(table)
+    assert public_calls.mismatches(first, public_calls.run(table)) == []
 
 
 @pytest.mark.parametrize("layer", ["tbb", "omp", "workqueue"])
@@ -110,3 +118,35 @@ def test_info_command_prints_json(worker_env):
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert facts["threading_layer"] == "workqueue" and facts["serialised_calls"] is True
     assert facts["fork_safe"] is True
+
+
+LONG_CALLS = """
+import numpy as np, nbxent
+x = np.random.default_rng(0).standard_normal((4096, 8000)).astype(np.float32)
+y = np.zeros(4096, np.int64)
+nbxent.cross_entropy_with_grad(x[:8], y[:8])
+print("ready", flush=True)
+while True:
+    nbxent.cross_entropy_with_grad(x, y)
+    nbxent.logsumexp(x)
+"""
+
+
+def test_ctrl_c_during_long_calls_stops_the_process_cleanly(worker_env):
+    """SIGINT lands while nogil kernels run on every thread: the call finishes, Python raises
+    KeyboardInterrupt, and the process ends by it: no abort, no hang, no fatal error."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", LONG_CALLS], env=worker_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT, err[-2000:]
+    assert err.rstrip().endswith("KeyboardInterrupt")
+    assert "Fatal Python error" not in err and "Terminating" not in err

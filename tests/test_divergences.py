@@ -123,7 +123,7 @@ def test_focal_axis_and_edges():
      r"shape \(2,\).*shape \(3, 4\)"),
     (lambda: softmax_focal_loss(np.zeros((3, 4)), np.zeros(3)), TypeError, "integer class"),
     (lambda: softmax_focal_loss(np.zeros((3, 4)), np.zeros(3, int), gamma=-1), ValueError,
-     "gamma must be in"),
+     "gamma must be a finite number >= 0.0"),
     (lambda: softmax_focal_loss(np.zeros((3, 4)), np.zeros(3, int), alpha=np.ones(3)),
      ValueError, r"alpha has shape \(3,\).*4 classes"),
     (lambda: softmax_focal_loss(np.zeros((3, 4)), np.zeros(3, int), reduction="avg"),
