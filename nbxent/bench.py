@@ -55,15 +55,26 @@ def _torch_peer(mode: str, threads: int, x, y):
     F = torch.nn.functional
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     name = f"torch {torch.__version__.split('+')[0]}"
+    if x.dtype == np.float16:
+        # torch's float16 mean accumulates in float16 and overflows to inf past 65504: take
+        # the per-row losses and average them in float32, as a user would have to
+        name += " (mean in f32)"
+
+        def loss_of(logits):
+            return F.cross_entropy(logits, ty, reduction="none").float().mean()
+    else:
+        def loss_of(logits):
+            return F.cross_entropy(logits, ty)
+
     if mode == "forward":
         def forward():
             with torch.no_grad():
-                return F.cross_entropy(tx, ty).item()
+                return loss_of(tx).item()
         return Peer(name, forward, x.nbytes)
 
     def forward_backward():
         leaf = tx.detach().requires_grad_(True)
-        loss = F.cross_entropy(leaf, ty)
+        loss = loss_of(leaf)
         loss.backward()
         return loss.item()
     return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes)
@@ -73,8 +84,12 @@ def _bandwidth_peer(x):
     from nbxent.cpu.softmax import sum_rows
 
     out = np.empty(1, np.float64)
-
-    flat = x.reshape(1, -1)  # one long row: the read rate does not depend on C
+    # One long row, so that the read rate does not depend on C; float16 bytes are summed as
+    # float32 words (the values do not matter, only the bytes read).
+    if x.dtype == np.float16:
+        flat = x.reshape(-1).view(np.uint8)[: x.nbytes // 4 * 4].view(np.float32).reshape(1, -1)
+    else:
+        flat = x.reshape(1, -1)
 
     def read_all():
         sum_rows(flat, 1.0, out)
@@ -91,9 +106,14 @@ def _time(peer: Peer) -> float:
     return time.perf_counter() - t0
 
 
+DTYPES = ("float32", "float64", "float16")
+_AGREE = {"float16": 5e-3, "float32": 1e-5, "float64": 1e-5}   # relative, between libraries
+
+
 def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None = None,
-        include_reference: bool = True, printer=print) -> list[dict]:
-    """Benchmark cross_entropy (mode "forward" or "fused"), print a table, return its rows."""
+        include_reference: bool = True, printer=print, dtype: str = "float32") -> list[dict]:
+    """Benchmark cross_entropy (mode "forward" or "fused") on `dtype` logits, print a table,
+    return its rows."""
     import numba
 
     from nbxent import reference
@@ -102,12 +122,12 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
-    printer(f"cross_entropy {mode}, float32, reduction='mean', {threads} threads, "
+    printer(f"cross_entropy {mode}, {dtype}, reduction='mean', {threads} threads, "
             f"median of {rounds} interleaved rounds")
     printer(f"{'shape':>16}  {'library':<26}{'ms':>10}{'elem/ns':>9}{'GB/s':>8}{'% read bw':>10}"
             f"{'x nbxent':>10}")
     for n, c in shapes or DEFAULT_SHAPES:
-        x = rng.standard_normal((n, c), dtype=np.float32) * 2
+        x = (rng.standard_normal((n, c), dtype=np.float32) * 2).astype(dtype, copy=False)
         y = rng.integers(0, c, n)
         peers = _nbxent_peers(mode, x, y)
         torch_peer = _torch_peer(mode, threads, x, y)
@@ -120,7 +140,7 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
             if p.reset is not None:
                 p.reset()
             got = float(p.run())
-            if not np.isclose(got, want, rtol=1e-5):
+            if not np.isclose(got, want, rtol=_AGREE[dtype]):
                 raise RuntimeError(f"{p.name} gives {got} on {(n, c)} but nbxent gives {want}")
         peers.append(_bandwidth_peer(x))
         peers[-1].run()
@@ -133,7 +153,8 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
         for p in peers:
             t = medians[p.name]
             row = {
-                "shape": [n, c], "library": p.name, "mode": mode, "threads": threads,
+                "shape": [n, c], "library": p.name, "mode": mode, "dtype": dtype,
+                "threads": threads,
                 "seconds": t, "elements_per_ns": n * c / t / 1e9, "gb_per_s": p.bytes_moved / t / 1e9,
                 "fraction_of_read_bandwidth": p.bytes_moved / t / bandwidth,
                 "time_over_nbxent": t / medians[peers[0].name],

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-reference", action="store_true", help="skip the float64 reference")
     bench.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu",
                        help="CPU (NumPy, default), GPU (CuPy against torch on CUDA), or both")
+    bench.add_argument("--dtype", choices=["float32", "float64", "float16"], nargs="+",
+                       default=["float32"], help="logits dtypes to time on the CPU "
+                                                 "(default float32)")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
     about = sub.add_parser("info", help="versions, Numba threading layer, threads, GPU")
@@ -204,9 +207,10 @@ def main(argv=None) -> int:
         modes = ["forward", "fused"] if args.mode == "both" else [args.mode]
         rows = []
         if args.device in ("cpu", "all"):
-            for mode in modes:
-                rows += bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
-                                  include_reference=not args.no_reference)
+            for dtype in args.dtype:
+                for mode in modes:
+                    rows += bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
+                                      include_reference=not args.no_reference, dtype=dtype)
                 print()
         if args.device in ("gpu", "all"):
             gpu_shapes = args.shapes or (bench.GPU_QUICK_SHAPES if args.quick else None)

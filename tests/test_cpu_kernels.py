@@ -162,13 +162,18 @@ def test_exp_log_accuracy_and_edges():
     assert lg[-7] == -np.inf and lg[-9] == np.inf and np.isnan(lg[-8])
 
 
-def test_half_conversions_exhaustive():
+@pytest.mark.parametrize("to_f32, to_half", [("h2f", "f2h"), ("h2f_bits", "f2h_bits")])
+def test_half_conversions_exhaustive(to_f32, to_half):
+    """The conversions kernels use (native F16C where the CPU has it) and the bit-twiddling
+    fallback for CPUs without it."""
+    h2f, f2h = getattr(_math, to_f32), getattr(_math, to_half)
+
     @numba.njit
     def run(h, f, f2, h2):
         for i in range(h.size):
-            f[i] = _math.h2f(h[i])
+            f[i] = h2f(h[i])
         for i in range(f2.size):
-            h2[i] = _math.f2h(f2[i])
+            h2[i] = f2h(f2[i])
 
     h = np.arange(65536, dtype=np.uint16)
     want = h.view(F16).astype(F32)

@@ -257,9 +257,41 @@ def log32(x):
 
 # ----------------------------------------------------------------------------- float16 bits
 
+# With F16C (every x86-64 CPU since 2012) LLVM lowers half <-> float conversions to single
+# vcvtph2ps/vcvtps2ph instructions that vectorise; without it, it would call compiler-rt
+# routines Numba's JIT may not resolve, so the bit-twiddling versions below are used.
+try:
+    from llvmlite import binding as _llvm
+
+    _NATIVE_HALF = "+f16c" in _llvm.get_host_cpu_features().flatten().split(",")
+except Exception:  # no feature query on this platform
+    _NATIVE_HALF = False
+
+
+@intrinsic
+def _half_bits_to_f32(typingctx, h):
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(h), codegen
+
+
+@intrinsic
+def _f32_to_half_bits(typingctx, f):
+    if f != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(f), codegen
+
 
 @_sjit()
-def h2f(h):
+def h2f_bits(h):
     """float16 bit pattern (uint16) -> float32, exact (subnormals, inf, NaN included)."""
     u = np.int32(h)
     em = u & np.int32(0x7FFF)
@@ -272,7 +304,7 @@ def h2f(h):
 
 
 @_sjit()
-def f2h(f):
+def f2h_bits(f):
     """float32 -> float16 bit pattern (uint16), round to nearest even; overflow gives inf,
     NaN gives a quiet NaN of the same sign, subnormal halves are rounded correctly."""
     bits = _f32_bits(f)
@@ -288,6 +320,11 @@ def f2h(f):
     o = np.int32(0x7C00) if a >= np.int32((127 + 16) << 23) else o
     o = np.int32(0x7E00) if a > np.int32(0x7F800000) else o
     return np.uint16(o | (sign >> np.int32(16)) & np.int32(0x8000))
+
+
+h2f = _sjit()(lambda h: _half_bits_to_f32(h)) if _NATIVE_HALF else h2f_bits
+h2f.__doc__ = "float16 bit pattern (uint16) -> float32, exact (subnormals, inf, NaN included)."
+f2h = _sjit()(lambda f: _f32_to_half_bits(f)) if _NATIVE_HALF else f2h_bits
 
 
 # ----------------------------------------------------------------------------- dtype-generic

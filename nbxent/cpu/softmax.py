@@ -18,7 +18,7 @@ gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`. exp(x - m) rather th
 exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
 (exp(NaN) = NaN) and so every result of that row.
 
-Small C (C <= `_SMALL_C`, float32, unit class stride; cross_entropy only): blocks of
+Small C (C <= `_SMALL_C`, float32 or float16, unit class stride; cross_entropy only): blocks of
 `_SMALL_R` rows are copied class-major into scratch and every step (max, exp sums, log,
 loss, gradient) is vectorised across rows; C stays a runtime value (one compilation).
 
@@ -619,7 +619,7 @@ _SMALL_VECS = 10  # per-row scratch vectors of _small_block after the C class ve
 @hjit()
 def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, orr,
                  g, gb, gr, sc, sb, sr, mode, scratch):
-    """Cross-entropy of n <= _SMALL_R float32 rows starting at x[xb], x[xb + xr], ...:
+    """Cross-entropy of n <= _SMALL_R float32 (or float16) rows from x[xb], x[xb + xr], ...:
     copied class-major into T, then max, sums, losses and gradients vectorised across rows.
     Only the copy in and out (and the label gathers) are per-row scalar code."""
     R = _SMALL_R
@@ -639,7 +639,7 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
     ninf = np.float32(-np.inf)
     for c in range(C):
         for j in range(n):
-            T[c * R + j] = x[xb + j * xr + c]
+            T[c * R + j] = load(x, xb + j * xr + c)
     if lr == 1:
         _small_labels(crow(lab, lb, n), n, T, XY, WY, OK, w, ignore)
     else:
@@ -698,12 +698,12 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
         grow = crow(g, gb + j * gr, C)
         if OK[j] == zero:
             for c in range(C):
-                grow[c] = zero
+                store(grow, c, zero)
             continue
         for c in range(C):
-            grow[c] = T[c * R + j]
+            store(grow, c, T[c * R + j])
         y = lab[lb + j * lr]
-        grow[y] = T[y * R + j] - SC[j] * omeps * WY[j]
+        store(grow, y, T[y * R + j] - SC[j] * omeps * WY[j])
 
 
 @pjit()
@@ -834,7 +834,7 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     w, W = _weights(weight, C, loss_out.dtype)
     args = (xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
             float(z_loss), ob, os, gb, gs, sb, ss, mode)
-    if C <= _SMALL_C and x.dtype == np.float32 and xs[3] == 1 and gs[3] == 1:
+    if C <= _SMALL_C and x.dtype in (np.float32, np.uint16) and xs[3] == 1 and gs[3] == 1:
         _small_kernel(*args)
     else:
         _ce_kernel(*args, _rows_per_chunk(P * Q, C))
