@@ -6,14 +6,12 @@ on CUDA and is skipped (setup raises NotImplementedError) where there is no GPU.
 setup compiles outside the timing.
 """
 
-import time
-
 import numpy as np
 
 from nbxent import (binary_cross_entropy, binary_cross_entropy_with_logits,
                     binary_cross_entropy_with_logits_with_grad, sigmoid_focal_loss)
 
-from .common import sized
+from .common import best_seconds, cuda_peers, sized
 
 SHAPE = sized((4_000_000, 8), (100, 8))
 
@@ -110,21 +108,12 @@ class BinaryCPU(_Binary):
 
     @staticmethod
     def seconds(fn):
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        return best_seconds(fn, repeats=1)
 
 
 class BinaryGPU(_Binary):
     def setup(self):
-        try:
-            import cupy
-            import torch
-
-            if cupy.cuda.runtime.getDeviceCount() == 0 or not torch.cuda.is_available():
-                raise NotImplementedError("no GPU")
-        except Exception as exc:   # no CuPy, no driver, no device: asv skips the class
-            raise NotImplementedError(f"no GPU: {exc}") from exc
+        cupy, torch = cuda_peers()   # NotImplementedError without a GPU: asv skips the class
         self.cupy = cupy
         x, t, p = _data(cupy)
         self.mine = _nbxent_calls(x, t, p)

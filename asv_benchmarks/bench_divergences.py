@@ -4,13 +4,11 @@ time_* time nbxent; track_*_ratio report peer time / nbxent time (higher is bett
 nbxent), each measured once per call on a large shape. setup compiles outside the timing.
 """
 
-import time
-
 import numpy as np
 
 from nbxent.divergences import entropy, kl_divergence, log_loss, softmax_focal_loss
 
-from .common import logits_and_labels, sized
+from .common import best_seconds, logits_and_labels, sized
 
 N, C = sized((65536, 1000), (64, 20))
 
@@ -21,9 +19,7 @@ def _probs(n, c, seed=1):
 
 
 def _seconds(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return best_seconds(fn, repeats=1)
 
 
 class DivergencesCPU:

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from nbxent import bench as _bench
+
 
 def _shape(text: str) -> tuple[int, int]:
     try:
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-reference", action="store_true", help="skip the float64 reference")
     bench.add_argument("--device", choices=["cpu", "gpu", "all"], default="cpu",
                        help="CPU (NumPy, default), GPU (CuPy against torch on CUDA), or both")
-    bench.add_argument("--dtype", choices=["float32", "float64", "float16"], nargs="+",
+    bench.add_argument("--dtype", choices=_bench.DTYPES, nargs="+",
                        default=["float32"], help="logits dtypes to time on the CPU "
                                                  "(default float32)")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -197,9 +199,7 @@ def main(argv=None) -> int:
                 print(f"{key:<{width}}  {shown}")
         return 0
     if args.command == "bench":
-        from nbxent import bench
-
-        shapes = args.shapes or (bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
+        shapes = args.shapes or (_bench.QUICK_SHAPES if args.quick else _bench.DEFAULT_SHAPES)
         rounds = 3 if args.quick and args.rounds == 5 else args.rounds
         if rounds < 1:
             print("nbxent bench: --rounds must be at least 1", file=sys.stderr)
@@ -209,12 +209,12 @@ def main(argv=None) -> int:
         if args.device in ("cpu", "all"):
             for dtype in args.dtype:
                 for mode in modes:
-                    rows += bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
+                    rows += _bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
                                       include_reference=not args.no_reference, dtype=dtype)
                 print()
         if args.device in ("gpu", "all"):
-            gpu_shapes = args.shapes or (bench.GPU_QUICK_SHAPES if args.quick else None)
-            rows += bench.run_gpu(gpu_shapes, reps=max(rounds, 5) if args.quick else 4 * rounds)
+            gpu_shapes = args.shapes or (_bench.GPU_QUICK_SHAPES if args.quick else None)
+            rows += _bench.run_gpu(gpu_shapes, reps=max(rounds, 5) if args.quick else 4 * rounds)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

@@ -45,6 +45,12 @@ def files(tmp):
     return {name: str(tmp / f"{name}.npy") for name in ("x", "y", "y5", "xi", "yf", "ybad", "junk")}
 
 
+def score_files(tmp, logits: str, labels: str, **options):
+    """`nbxent.score` on two of the files of `files(tmp)`, named by their keys."""
+    paths = files(tmp)
+    return nbxent.score(paths[logits], paths[labels], **options)
+
+
 def no_gpu(monkeypatch):
     from nbxent.gpu import _arrays
 
@@ -126,22 +132,22 @@ CASES = {
                           ValueError, "writes the gradient over logits, but logits are read-only"),
     "missing-file": (lambda tmp, mp: nbxent.score(str(tmp / "nope.npy"), files(tmp)["y"]),
                      FileNotFoundError, "logits file '.*nope.npy' does not exist"),
-    "not-npy": (lambda tmp, mp: nbxent.score(files(tmp)["junk"], files(tmp)["y"]), ValueError,
+    "not-npy": (lambda tmp, mp: score_files(tmp, "junk", "y"), ValueError,
                 "logits file '.*junk.npy' is not a .npy file"),
-    "row-count-mismatch": (lambda tmp, mp: nbxent.score(files(tmp)["x"], files(tmp)["y5"]),
+    "row-count-mismatch": (lambda tmp, mp: score_files(tmp, "x", "y5"),
                            ValueError, r"logits of shape \(6, 5\) need labels of shape \(6,\), "
                                        r"got labels of shape \(5,\)"),
-    "file-label-out-of-range": (lambda tmp, mp: nbxent.score(files(tmp)["x"], files(tmp)["ybad"]),
+    "file-label-out-of-range": (lambda tmp, mp: score_files(tmp, "x", "ybad"),
                                 ValueError, r"labels row 3 has class index 9, outside \[0, 5\)"),
-    "non-float-logits-file": (lambda tmp, mp: nbxent.score(files(tmp)["xi"], files(tmp)["y"]),
+    "non-float-logits-file": (lambda tmp, mp: score_files(tmp, "xi", "y"),
                               TypeError, "logits must be float16, float32 or float64, got dtype "
                                          "int32"),
-    "non-integer-labels-file": (lambda tmp, mp: nbxent.score(files(tmp)["x"], files(tmp)["yf"]),
+    "non-integer-labels-file": (lambda tmp, mp: score_files(tmp, "x", "yf"),
                                 TypeError, "labels must be integer class indices, got dtype "
                                            "float32"),
     "out-folder-missing": (lambda tmp, mp: nbxent.score(X, Y, out=str(tmp / "nodir" / "o.npy")),
                            FileNotFoundError, "output folder '.*nodir' does not exist"),
-    "out-overwrites-input": (lambda tmp, mp: nbxent.score(files(tmp)["x"], files(tmp)["y"],
+    "out-overwrites-input": (lambda tmp, mp: score_files(tmp, "x", "y",
                                                           out=str(tmp / "x.npy")),
                              ValueError, "would overwrite the logits file"),
     "resume-without-out": (lambda tmp, mp: nbxent.score(X, Y, resume=True), ValueError,
