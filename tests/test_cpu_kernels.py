@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 
+from nbxent._config import FASTMATH
 from nbxent.cpu import _math
 from nbxent.cpu import softmax as K
 
@@ -160,6 +161,36 @@ def test_exp_log_accuracy_and_edges():
     fin = np.isfinite(rl)
     assert (np.abs(lg[fin] - rl[fin]) <= 2.5e-7 * np.maximum(np.abs(rl[fin]), 1)).all()
     assert lg[-7] == -np.inf and lg[-9] == np.inf and np.isnan(lg[-8])
+
+
+def test_exp64_log64_accuracy_and_edges():
+    @numba.njit(fastmath=set(FASTMATH), error_model="numpy")
+    def run(a, e, lg):   # the kernels' flags: 'reassoc' must not break the magic-number trick
+        for i in range(a.size):
+            e[i] = _math.exp64(a[i])
+        for i in range(a.size):
+            lg[i] = _math.log64(abs(a[i]))
+
+    rng = np.random.default_rng(1)
+    a = np.concatenate([rng.uniform(-746, 710, 300_000), rng.uniform(-1, 1, 100_000),
+                        np.exp(rng.uniform(-744, 709, 100_000))])
+    special = F64([-np.inf, np.inf, np.nan, 0.0, -0.0, -1e300, 1e300, 709.78, -745.2, 5e-324,
+                   1e-310, 709.7827128933839])
+    a = np.concatenate([a, special])
+    e, lg = np.empty_like(a), np.empty_like(a)
+    run(a, e, lg)
+    with np.errstate(all="ignore"):
+        re, rl = np.exp(a), np.log(np.abs(a))
+    normal = (re > 2.3e-308) & (re < 1.7e308)
+    assert (np.abs(e[normal] - re[normal]) <= 1.0 * np.spacing(re[normal])).all()
+    sub = (re > 0) & (re <= 2.3e-308)
+    assert (np.abs(e[sub] - re[sub]) <= 1e-12 * re[sub] + 2 * np.spacing(0.0)).all()
+    assert e[-12] == 0 and e[-11] == np.inf and np.isnan(e[-10]) and e[-9] == 1 and e[-8] == 1
+    assert e[-7] == 0 and e[-6] == np.inf and e[-4] == 0 and e[-1] == re[-1]
+    fin = np.isfinite(rl)
+    assert (np.abs(lg[fin] - rl[fin]) <= np.spacing(np.abs(rl[fin]))).all()
+    assert lg[-9] == -np.inf and lg[-8] == -np.inf and lg[-11] == np.inf and np.isnan(lg[-10])
+    assert lg[-3] == rl[-3] and lg[-2] == rl[-2]   # subnormal inputs
 
 
 @pytest.mark.parametrize("to_f32, to_half", [("h2f", "f2h"), ("h2f_bits", "f2h_bits")])

@@ -6,6 +6,7 @@ reduction. This module supplies loop-friendly replacements:
 
 - `exp32`, `log32`: float32 exp/log as range reduction + polynomial (Cephes), the power of
   two built from integer bits; about 1 ulp, IEEE edge cases exact (see each docstring).
+- `exp64`, `log64`: the same for float64 (Taylor exp, fdlibm's log polynomial).
 - `fmax`: compare+select with fast-math flags (vectorises as a max reduction).
 - `h2f`, `f2h`: float16 <-> float32 through uint16 bit patterns (Numba has no float16).
 - dtype-generic helpers over a kernel's buffer dtype (float16 buffers are uint16 views):
@@ -20,8 +21,6 @@ LLVM fold the two-constant Cody-Waite range reduction into one constant and lose
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from llvmlite import ir
@@ -255,6 +254,122 @@ def log32(x):
     return x if x != x else r
 
 
+# ----------------------------------------------------------------------------- float64 exp/log
+
+# The float64 twins of exp32/log32. Conversions between float64 and int64 are single
+# instructions only with AVX-512DQ, so they go through the "magic number" 1.5 * 2**52 instead:
+# for an integer-valued double |n| < 2**51, the bits of n + _MAGIC are _MAGIC's bits plus n.
+# (Exact only without 'reassoc', which would fold (x + _MAGIC) - _MAGIC to x: STRICT.)
+_MAGIC = 6755399441055744.0
+_MAGIC_BITS = np.int64(0x4338000000000000)
+_EXP64_LO = -745.1332191019412    # below: exp rounds to 0
+_EXP64_HI = 709.782712893384      # above: exp overflows to inf
+_LOG2E64 = 1.4426950408889634
+_LN2_HI64 = 6.93147180369123816490e-01   # 32 significant bits: n * _LN2_HI64 is exact
+_LN2_LO64 = 1.90821492927058770002e-10
+_SQRTHF64 = 0.7071067811865476
+_TINY64 = 2.2250738585072014e-308        # least normal float64
+_TWO54 = 18014398509481984.0
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, i):
+    if i != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(i), codegen
+
+
+@_sjit()
+def exp64_core(x):
+    """exp(x) for x in [_EXP64_LO, _EXP64_HI] (garbage outside, for callers to select away):
+    reduction by ln 2 in two steps, Taylor polynomial of degree 13 on |r| <= ln2/2 (truncation
+    error below 5e-18), 2**n as two normal powers of two (subnormal results approximate)."""
+    t = x * _LOG2E64 + _MAGIC
+    n = t - _MAGIC                          # rint(x / ln 2), an integer-valued double
+    ni = _f64_bits(t) - _MAGIC_BITS          # the same integer as int64
+    r = x - n * _LN2_HI64
+    r = r - n * _LN2_LO64
+    # sum_{k=2..13} r^k / k! by Estrin's scheme: a Horner chain of 12 dependent FMAs would
+    # bound the loop by FMA latency
+    r2 = r * r
+    r4 = r2 * r2
+    a0 = 0.5 + r * (1.0 / 6.0)
+    a1 = 1.0 / 24.0 + r * (1.0 / 120.0)
+    a2 = 1.0 / 720.0 + r * (1.0 / 5040.0)
+    a3 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
+    a4 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
+    a5 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0)
+    b0 = a0 + r2 * a1
+    b1 = a2 + r2 * a3
+    b2 = a4 + r2 * a5
+    p = (b0 + r4 * b1) + (r4 * r4) * b2
+    y = p * r2 + r + 1.0
+    n1 = ni >> np.int64(1)
+    n2 = ni - n1
+    y = y * _bits_f64((n1 + np.int64(1023)) << np.int64(52))
+    return y * _bits_f64((n2 + np.int64(1023)) << np.int64(52))
+
+
+@_sjit()
+def exp64(x):
+    """exp of a float64, vectorisable; about 1 ulp.
+
+    Exactly 0 below -745.133 (including -inf), +inf above 709.7827 (including +inf), NaN
+    for NaN; subnormal results are approximate (two-step scaling)."""
+    y = exp64_core(x)
+    y = 0.0 if x < _EXP64_LO else y
+    y = np.inf if x > _EXP64_HI else y
+    return x if x != x else y
+
+
+@_sjit()
+def log64(x):
+    """Natural log of a float64, vectorisable; about 1 ulp.
+
+    x = 2**k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)); log(1 + f) = 2 atanh(s),
+    s = f / (2 + f), as f - (f^2/2 - s (f^2/2 + R(s^2))) with fdlibm's minimax R.
+    log(0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, log(NaN) = NaN; subnormals exact."""
+    sub = x < _TINY64
+    xs = x * _TWO54 if sub else x
+    bits = _f64_bits(xs)
+    e = (bits >> np.int64(52)) - np.int64(1022)
+    e = e - np.int64(54) if sub else e
+    m = _bits_f64((bits & np.int64(0x000FFFFFFFFFFFFF)) | np.int64(0x3FE0000000000000))
+    small = m < _SQRTHF64
+    e = e - np.int64(1) if small else e
+    f = (m + m - 1.0) if small else (m - 1.0)
+    k = _bits_f64(e + _MAGIC_BITS) - _MAGIC     # e as a double, without cvtqq2pd
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01
+                                             + w * 1.531383769920937332e-01))
+    t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01
+                                             + w * (1.818357216161805012e-01
+                                                    + w * 1.479819860511658591e-01)))
+    hfsq = 0.5 * f * f
+    r = k * _LN2_HI64 - ((hfsq - (s * (hfsq + (t1 + t2)) + k * _LN2_LO64)) - f)
+    r = np.inf if x == np.inf else r
+    r = -np.inf if x == 0.0 else r
+    r = np.nan if x < 0.0 else r
+    return x if x != x else r
+
+
 # ----------------------------------------------------------------------------- float16 bits
 
 # With F16C (every x86-64 CPU since 2012) LLVM lowers half <-> float conversions to single
@@ -343,11 +458,11 @@ def cval(buf, v):
 
 
 def cexp(v):
-    """exp in v's own (compute) dtype: exp32 for float32, math.exp for float64."""
+    """exp in v's own (compute) dtype: exp32 for float32, exp64 for float64."""
 
 
 def clog(v):
-    """log in v's own dtype: log32 for float32, math.log for float64."""
+    """log in v's own dtype: log32 for float32, log64 for float64."""
 
 
 _OPTS = dict(fastmath=set(FASTMATH), error_model="numpy", inline="always", no_cfunc_wrapper=True)
@@ -387,14 +502,14 @@ def _ol_cval(buf, v):
 def _ol_cexp(v):
     if v == types.float32:
         return lambda v: exp32(v)
-    return lambda v: math.exp(v)
+    return lambda v: exp64(v)
 
 
 @overload(clog, jit_options=_OPTS)
 def _ol_clog(v):
     if v == types.float32:
         return lambda v: log32(v)
-    return lambda v: math.log(v)
+    return lambda v: log64(v)
 
 
 @_sjit()

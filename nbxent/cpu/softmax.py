@@ -18,7 +18,7 @@ gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`. exp(x - m) rather th
 exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
 (exp(NaN) = NaN) and so every result of that row.
 
-Small C (C <= `_SMALL_C`, float32 or float16, unit class stride; cross_entropy only): blocks of
+Small C (C <= `_SMALL_C`, unit class stride; cross_entropy only): blocks of
 `_SMALL_R` rows are copied class-major into scratch and every step (max, exp sums, log,
 loss, gradient) is vectorised across rows; C stays a runtime value (one compilation).
 
@@ -314,9 +314,9 @@ def _scatter(src, buf, b, step):
 
 
 @hjit()
-def _fill_zero(buf, b, n, step):
+def _fill(buf, b, n, step, value):
     for c in range(n):
-        buf[b + c * step] = 0
+        store(buf, b + c * step, value)
 
 
 @hjit()
@@ -369,7 +369,11 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
         loss = 0.0
         if y == ignore:
             if mode != _FWD:
-                _fill_zero(g, gb, C, gs[3])
+                _fill(g, gb, C, gs[3], cval(x, 0.0))
+        elif y < 0 or y >= C:   # only unchecked labels (check=False) get here
+            loss = np.nan
+            if mode != _FWD:
+                _fill(g, gb, C, gs[3], cval(x, np.nan))
         else:
             s = sc[ss[0] + p * ss[1] + q * ss[2]]
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
@@ -429,15 +433,18 @@ def _soft_kernel(x, xs, P, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode
 
 
 @jit()
-def _nll_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os):
+def _nll_kernel(x, xs, P, Q, C, lab, ls, w, ignore, out, os):
     # serial: one gathered element per row, memory-latency bound
     for p in range(P):
         for q in range(Q):
             y = lab[ls[0] + p * ls[1] + q * ls[2]]
             loss = 0.0
             if y != ignore:
-                v = float(load(x, xs[0] + p * xs[1] + q * xs[2] + y * xs[3]))
-                loss = -float(w[y]) * v
+                if y < 0 or y >= C:   # unchecked label (check=False)
+                    loss = np.nan
+                else:
+                    v = float(load(x, xs[0] + p * xs[1] + q * xs[2] + y * xs[3]))
+                    loss = -float(w[y]) * v
             out[os[0] + p * os[1] + q * os[2]] = loss
 
 
@@ -602,15 +609,18 @@ def _sum_kernel(v, vs, P, Q):
 
 @hjit()
 def _small_labels(labels, n, T, XY, WY, OK, w, ignore):
-    """x[y], w[y] (0 if ignored) and 1/0 (counted/ignored) of a block's rows."""
+    """x[y], w[y] (0 if ignored) and 1/0 (counted/ignored) of a block's rows; a label
+    outside [0, C) (unchecked, check=False) gets x[y] = NaN, so a NaN loss."""
     R = _SMALL_R
+    C = T.size // R
     for j in range(n):
         y = labels[j]
         ok = y != ignore
-        yy = y if ok else 0
-        XY[j] = T[yy * R + j]
-        WY[j] = w[yy] if ok else np.float32(0.0)
-        OK[j] = np.float32(1.0) if ok else np.float32(0.0)
+        bad = ok and (y < 0 or y >= C)
+        yy = y if ok and not bad else 0
+        XY[j] = cval(T, np.nan) if bad else T[yy * R + j]
+        WY[j] = w[yy] if ok else cval(T, 0.0)
+        OK[j] = cval(T, 1.0) if ok else cval(T, 0.0)
 
 
 _SMALL_VECS = 10  # per-row scratch vectors of _small_block after the C class vectors
@@ -619,7 +629,7 @@ _SMALL_VECS = 10  # per-row scratch vectors of _small_block after the C class ve
 @hjit()
 def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, orr,
                  g, gb, gr, sc, sb, sr, mode, scratch):
-    """Cross-entropy of n <= _SMALL_R float32 (or float16) rows from x[xb], x[xb + xr], ...:
+    """Cross-entropy of n <= _SMALL_R rows from x[xb], x[xb + xr], ... (any float dtype):
     copied class-major into T, then max, sums, losses and gradients vectorised across rows.
     Only the copy in and out (and the label gathers) are per-row scalar code."""
     R = _SMALL_R
@@ -634,9 +644,8 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
     LS = crow(scratch, (C + 7) * R, R)   # loss
     KK = crow(scratch, (C + 8) * R, R)   # gradient factor s * A / sum
     LG = crow(scratch, (C + 9) * R, R)   # log(sum)
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    ninf = np.float32(-np.inf)
+    zero = cval(x, 0.0)
+    ninf = cval(x, -np.inf)
     for c in range(C):
         for j in range(n):
             T[c * R + j] = load(x, xb + j * xr + c)
@@ -663,10 +672,10 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
             wc = w[c]
             for j in range(n):
                 D[j] += wc * (M[j] - T[c * R + j])
-    omeps = np.float32(1.0 - eps)
-    ec = np.float32(eps / C)
-    Wf = np.float32(W)
-    zf = np.float32(z)
+    omeps = cval(x, 1.0 - eps)
+    ec = cval(x, eps / C)
+    Wf = cval(x, W)
+    zf = cval(x, z)
     for j in range(n):
         LG[j] = clog(S[j])
         LS[j] = omeps * WY[j] * diff_add(M[j], XY[j], LG[j])
@@ -678,7 +687,7 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
         for j in range(n):
             lse = M[j] + LG[j]
             LS[j] += zf * WY[j] * lse * lse
-            KK[j] += np.float32(2.0) * zf * WY[j] * lse
+            KK[j] += cval(x, 2.0) * zf * WY[j] * lse
     for j in range(n):
         KK[j] = SC[j] * KK[j] / S[j]
     if orr == 1:
@@ -696,13 +705,14 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
             T[c * R + j] = cexp(T[c * R + j] - M[j]) * KK[j] - k2 * SC[j]
     for j in range(n):
         grow = crow(g, gb + j * gr, C)
-        if OK[j] == zero:
+        y = lab[lb + j * lr]
+        if OK[j] == zero or y < 0 or y >= C:   # ignored, or unchecked and out of range
+            fill = zero if OK[j] == zero else cval(x, np.nan)
             for c in range(C):
-                store(grow, c, zero)
+                store(grow, c, fill)
             continue
         for c in range(C):
             store(grow, c, T[c * R + j])
-        y = lab[lb + j * lr]
         store(grow, y, T[y * R + j] - SC[j] * omeps * WY[j])
 
 
@@ -793,6 +803,12 @@ def label_stats(labels, num_classes, ignore_index, weight, stream=None):
     return int(first), float(total)
 
 
+def label_total(labels, num_classes, ignore_index, weight, stream=None):
+    """label_stats' total without the bad-label report (unchecked calls: check=False). A
+    host float: the CPU has no synchronisation to save."""
+    return label_stats(labels, num_classes, ignore_index, weight)[1]
+
+
 def _grad_layout(x, xb, xs, grad_scale, grad_out):
     """(mode, g, gs, sc, ss): the gradient buffer/layout and grad_scale buffer/layout of a
     call; mode _FWD without grad_out, _INPLACE when grad_out is x itself, else _GRAD."""
@@ -816,7 +832,8 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
                   grad_scale=None, grad_out=None, stream=None):
     """Per-row cross-entropy into loss_out; with grad_out, also the gradient (one pass).
 
-    Labels must have been checked (label_stats): each is ignore_index or in [0, C).
+    A label outside [0, C) that is not ignore_index (an unchecked call) gives its row a NaN
+    loss and a NaN gradient; nothing is read or written outside the row.
     grad_out may be x itself (in-place gradient: its own compiled loops)."""
     P, Q, C = x.shape
     if P * Q == 0:
@@ -834,7 +851,7 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     w, W = _weights(weight, C, loss_out.dtype)
     args = (xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
             float(z_loss), ob, os, gb, gs, sb, ss, mode)
-    if C <= _SMALL_C and x.dtype in (np.float32, np.uint16) and xs[3] == 1 and gs[3] == 1:
+    if C <= _SMALL_C and xs[3] == 1 and gs[3] == 1:
         _small_kernel(*args)
     else:
         _ce_kernel(*args, _rows_per_chunk(P * Q, C))
@@ -863,7 +880,8 @@ def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out, grad_scale
 
 
 def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
-    """loss_out[p, q] = -weight[y] * logp[p, q, y] (0 where y == ignore_index)."""
+    """loss_out[p, q] = -weight[y] * logp[p, q, y] (0 where y == ignore_index, NaN where y is
+    outside [0, C): unchecked calls)."""
     P, Q, C = logp.shape
     if P * Q == 0:
         return
@@ -871,7 +889,7 @@ def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
     lb, ls = _flat(labels)
     ob, os = _flat(loss_out)
     w, _ = _weights(weight, C, loss_out.dtype)
-    _nll_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os)
+    _nll_kernel(xb, xs, P, Q, C, lb, ls, w, int(ignore_index), ob, os)
 
 
 def top1(x, labels, ignore_index, hits_out, stream=None):
