@@ -72,6 +72,10 @@ class CpuBackend:
     def broadcast_scalar(self, value: float, shape):
         return np.broadcast_to(np.float64(value), shape)
 
+    def broadcast_element(self, one, shape):
+        """A 1-element array seen as `shape` (zero strides), without a copy."""
+        return np.broadcast_to(one.reshape(()), shape)
+
     def broadcast_to(self, a, shape):
         return np.broadcast_to(a, shape)
 
@@ -135,7 +139,10 @@ class GpuBackend:
         return self.ga.full(shape, value, dtype, self.like, self.stream)
 
     def broadcast_scalar(self, value: float, shape):
-        one = self.ga.full((1,), value, np.float64, self.like, self.stream)
+        return self.broadcast_element(self.ga.full((1,), value, np.float64, self.like, self.stream),
+                                      shape)
+
+    def broadcast_element(self, one, shape):
         return self.ga.strided_view(self.ga.as_device_array(one), tuple(shape), (0,) * len(shape))
 
     def broadcast_to(self, a, shape):

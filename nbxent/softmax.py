@@ -43,8 +43,14 @@ def _as_target(be, target):
     return be.asarray(target)
 
 
-def _check_labels(rows: Rows, kernels, target, labels_view, weight_view, ignore_index) -> float:
-    """Raise for the first label out of range; returns the sum of w[y] over counted rows."""
+def _check_labels(rows: Rows, kernels, target, labels_view, weight_view, ignore_index,
+                  check: bool = True):
+    """The sum of w[y] over counted rows (the "mean" denominator); raises for the first label
+    out of range. Unchecked (check=False): no raise, and on the GPU no host synchronisation:
+    the sum is then a 1-element device array for `_mean_grad_scale` and `_reduce`."""
+    if not check:
+        return kernels.label_total(labels_view, rows.num_classes, ignore_index, weight_view,
+                                   rows.be.stream)
     first_bad, total = kernels.label_stats(
         labels_view, rows.num_classes, ignore_index, weight_view, rows.be.stream
     )
@@ -89,14 +95,22 @@ def _scalar_grad_output(be, grad_output, reduction: str) -> float:
     return float(be.item(g, (0,) * len(shape)))
 
 
+def _mean_grad_scale(be, kernels, g: float, denominator, shape):
+    """grad_output / denominator (0 when it is 0) seen as the per-row gradient scale."""
+    if isinstance(denominator, float):
+        return be.broadcast_scalar(g / denominator if denominator != 0 else 0.0, shape)
+    return be.broadcast_element(kernels.quotient_or_zero(g, denominator, be.stream), shape)
+
+
 def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_smoothing,
-                   z_loss, out, want_grad=False, grad_output=None, inplace=False):
+                   z_loss, out, want_grad=False, grad_output=None, inplace=False, check=True):
     be = backend_for(logits=logits, target=target, weight=weight, out=out, grad_output=grad_output)
     rows = Rows(be, logits, axis)
     reduction = _checks.check_reduction(reduction)
     eps = _checks.check_real("label_smoothing", label_smoothing, 0.0, 1.0)
     z = _checks.check_real("z_loss", z_loss, 0.0, float(np.finfo(np.float64).max))
     ignore_index = _checks.check_ignore_index(ignore_index)
+    check = _checks.check_bool("check", check)
     target = _as_target(be, target)
     t_shape = tuple(be.shape_strides(target)[0])
     kind = _checks.target_kind(be.dtype(target), t_shape, rows.shape, rows.axis)
@@ -129,7 +143,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     if kind == "hard":
         labels_view = rows.rows_view(labels)
-        denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+        denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
+                                    check)
     else:
         denominator = float(rows.num_rows)
 
@@ -140,9 +155,9 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     if want_grad:
         if g_rows is not None:
             scale = rows.rows_view(g_rows)
+        elif reduction == "mean":
+            scale = _mean_grad_scale(be, kernels, g_scalar, denominator, rows.layout.rows_shape)
         else:
-            if reduction == "mean":
-                g_scalar = g_scalar / denominator if denominator != 0 else 0.0
             scale = be.broadcast_scalar(g_scalar, rows.layout.rows_shape)
         grad = rows.x if inplace else rows.new_elements(rows.dtype)
         grad_view = rows.x_view() if inplace else rows.elements_view(grad)
@@ -168,24 +183,32 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     return result, be.wrap(grad)
 
 
-def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator: float):
+def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator):
+    """The "sum" or "mean" of the per-row values as the API's 0-d result; `denominator` is a
+    float, or a 1-element device array (unchecked GPU calls: see `_check_labels`)."""
     be = rows.be
+    out1 = be.empty((1,), dtype)
+    if reduction == "mean" and not isinstance(denominator, float):
+        kernels.mean_rows(values_view, denominator, out1, be.stream)
+        return be.scalar(out1)
     if reduction == "sum":
         scale = 1.0
     else:
         scale = 1.0 / denominator if denominator != 0 else math.nan
-    out1 = be.empty((1,), dtype)
     kernels.sum_rows(values_view, scale, out1, be.stream)
     return be.scalar(out1)
 
 
-def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_index):
+def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_index,
+                      check=True):
     """The shared set-up of nll_loss and top1_hits (integer class indices only): backend,
-    rows, adopted labels checked against [0, C), weights. Returns (rows, kernels,
-    labels_view, weight_view, denominator: the float64 sum of w[y] over counted rows)."""
+    rows, adopted labels checked against [0, C) (unless check is False), weights. Returns
+    (rows, kernels, labels_view, weight_view, denominator: the sum of w[y] over counted
+    rows, see `_check_labels`)."""
     be = backend_for(**{name: x}, target=target, weight=weight)
     rows = Rows(be, x, axis, name=name)
     ignore_index = _checks.check_ignore_index(ignore_index)
+    check = _checks.check_bool("check", check)
     target = _as_target(be, target)
     t_dtype = np.dtype(be.dtype(target))
     if t_dtype.kind not in "iu":
@@ -196,7 +219,8 @@ def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_in
     kernels = be.kernels(_FAMILY)
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     labels_view = rows.rows_view(labels)
-    denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+    denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
+                                check)
     return rows, kernels, labels_view, weight_view, denominator
 
 
@@ -213,7 +237,7 @@ def top1_hits(logits, target, *, axis=-1, ignore_index=-100):
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, out=None):
+                  label_smoothing=0.0, z_loss=0.0, out=None, check=True):
     """Softmax cross-entropy of `logits` against class indices or probabilities.
 
     logits: float16/32/64 array, classes along `axis` (default last: `(N, C)`, `(B, T, V)`;
@@ -238,14 +262,20 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
     Raises ValueError naming the position and value of the first label outside [0, C) that
     is not ignore_index, and for shapes that disagree or options out of range; TypeError for
     non-float logits, float class indices and host/device mixes.
+
+    check=False trusts the labels, for callers who validated them: no label error is raised
+    and, on the GPU, nothing waits for the device (the label check is the call's only host
+    synchronisation; the "mean" denominator then stays on the device). A label outside
+    [0, C) that is not ignore_index gives its row a NaN loss (and gradient), so a NaN
+    "mean"/"sum"; nothing outside the logits is ever read.
     """
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
-                          label_smoothing, z_loss, out)
+                          label_smoothing, z_loss, out, check=check)
 
 
 def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                             reduction="mean", label_smoothing=0.0, z_loss=0.0, out=None,
-                            grad_output=None, inplace=False):
+                            grad_output=None, inplace=False, check=True):
     """`(loss, grad)`: `cross_entropy` and its gradient with respect to `logits`, in one pass.
 
     grad = d(sum(loss * grad_output)) / d(logits), shaped and typed like `logits`.
@@ -258,18 +288,20 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
                           label_smoothing, z_loss, out, want_grad=True,
                           grad_output=grad_output,
-                          inplace=_checks.check_bool("inplace", inplace))
+                          inplace=_checks.check_bool("inplace", inplace), check=check)
 
 
-def nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
+             check=True):
     """Negative log-likelihood of class indices under `log_probs` (PyTorch's `nll_loss`).
 
     Per-row loss `-w[y] log_probs[y]`, 0 for ignored rows; reductions as `cross_entropy`
-    ("mean" divides by the sum of w[y] over non-ignored rows; NaN over no rows).
+    ("mean" divides by the sum of w[y] over non-ignored rows; NaN over no rows); `check` as
+    `cross_entropy`'s.
     """
     reduction = _checks.check_reduction(reduction)
     rows, kernels, labels_view, weight_view, denominator = _class_index_call(
-        "nll_loss", "log_probs", log_probs, target, axis, weight, ignore_index)
+        "nll_loss", "log_probs", log_probs, target, axis, weight, ignore_index, check)
     be = rows.be
     ignore_index = int(ignore_index)
     loss_dtype = _checks.compute_dtype(rows.dtype)

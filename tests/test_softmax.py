@@ -382,3 +382,94 @@ def test_reductions_are_zero_dimensional_numpy_values():
     for reduction in ("mean", "sum"):
         got = nbxent.cross_entropy(logits, labels, reduction=reduction)
         assert isinstance(got, np.generic) and np.ndim(got) == 0 and got.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- check=False
+
+
+def _forbid_label_stats(monkeypatch, backend):
+    """Make the synchronising label check fail if an unchecked call reaches it."""
+    module = "nbxent.cpu.softmax" if backend == "cpu" else "nbxent.gpu.softmax"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check=False called label_stats")
+
+    if backend == "cpu":   # the CPU's label_total is label_stats without the report
+        import nbxent.cpu.softmax as cpu_k
+        real = cpu_k.label_stats
+        monkeypatch.setattr(cpu_k, "label_total", lambda *a, **k: real(*a, **k)[1])
+    monkeypatch.setattr(f"{module}.label_stats", refuse)
+
+
+@backend_params
+@pytest.mark.parametrize("c", [5, 40])     # the CPU's small-C kernel and its per-row kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unchecked_calls_equal_checked_ones_bit_for_bit(backend, c, dtype, monkeypatch):
+    n = small(backend, 300, 6)
+    c = small(backend, c, min(c, 7))
+    logits = make_logits((n, c), dtype)
+    labels = make_labels((n,), c, ignore_frac=0.3)
+    w = rng.random(c) + 0.5
+    args = to_backend(logits, backend), to_backend(labels, backend)
+    opts = dict(weight=to_backend(w, backend), label_smoothing=0.1, z_loss=1e-3)
+    want = {}
+    for reduction in ("none", "sum", "mean"):
+        want[reduction] = to_host(nbxent.cross_entropy(*args, reduction=reduction, **opts))
+        want["nll", reduction] = to_host(nbxent.nll_loss(*args, weight=opts["weight"],
+                                                         reduction=reduction))
+        loss, grad = nbxent.cross_entropy_with_grad(*args, reduction=reduction, **opts)
+        want["grad", reduction] = to_host(loss), to_host(grad)
+    _forbid_label_stats(monkeypatch, backend)
+    for reduction in ("none", "sum", "mean"):
+        got = to_host(nbxent.cross_entropy(*args, reduction=reduction, check=False, **opts))
+        np.testing.assert_array_equal(got, want[reduction])
+        got = to_host(nbxent.nll_loss(*args, weight=opts["weight"], reduction=reduction,
+                                      check=False))
+        np.testing.assert_array_equal(got, want["nll", reduction])
+        loss, grad = nbxent.cross_entropy_with_grad(*args, reduction=reduction, check=False,
+                                                    **opts)
+        np.testing.assert_array_equal(to_host(loss), want["grad", reduction][0])
+        np.testing.assert_array_equal(to_host(grad), want["grad", reduction][1])
+
+
+@backend_params
+@pytest.mark.parametrize("c", [5, 40])
+@pytest.mark.parametrize("layout", ["c", "strided"])
+def test_unchecked_bad_labels_give_nan_rows_not_errors(backend, c, layout):
+    n = small(backend, 64, 6)
+    c = small(backend, c, min(c, 7))
+    logits = make_logits((n, 2 * c) if layout == "strided" else (n, c), np.float32)
+    if layout == "strided":
+        logits = logits[:, ::2]
+    labels = make_labels((n,), c, ignore_frac=0.2)
+    labels[[1, 4]] = [c, -7]                       # out of range, not ignore_index
+    good = np.ones(n, bool)
+    good[[1, 4]] = False
+    args = to_backend(logits, backend), to_backend(labels, backend)
+    with pytest.raises(ValueError, match="class index"):
+        nbxent.cross_entropy(*args)
+    before = logits.copy()
+
+    per_row = to_host(nbxent.cross_entropy(*args, reduction="none", check=False))
+    assert np.isnan(per_row[~good]).all()
+    want = ref.cross_entropy(logits[good], labels[good], reduction="none")
+    assert_close(per_row[good], want, LOSS_TOL[np.float32])
+    assert np.isnan(to_host(nbxent.cross_entropy(*args, check=False)))
+    assert np.isnan(to_host(nbxent.cross_entropy(*args, reduction="sum", check=False)))
+
+    loss, grad = nbxent.cross_entropy_with_grad(*args, reduction="sum", check=False)
+    grad = to_host(grad)
+    assert np.isnan(to_host(loss)) and np.isnan(grad[~good]).all()
+    _, want_grad = ref.cross_entropy_with_grad(logits[good], labels[good], reduction="sum")
+    assert_close(grad[good], want_grad, 1e-5)
+
+    nll = to_host(nbxent.nll_loss(*args, reduction="none", check=False))
+    assert np.isnan(nll[~good]).all() and np.isfinite(nll[good]).all()
+    np.testing.assert_array_equal(logits, before)
+
+
+def test_check_must_be_a_bool():
+    with pytest.raises(TypeError, match="check must be True or False, got 'no'"):
+        nbxent.cross_entropy(make_logits((3, 4), np.float32), np.zeros(3, int), check="no")
+    with pytest.raises(TypeError, match="check must be True or False, got 0"):
+        nbxent.nll_loss(make_logits((3, 4), np.float32), np.zeros(3, int), check=0)

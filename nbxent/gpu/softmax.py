@@ -624,15 +624,8 @@ def _min_sum_chunks(bad_in, total_in, chunk, lanes, bad_out, total_out):
         total_out[cuda.blockIdx.x] = total
 
 
-def label_stats(labels, num_classes, ignore_index, weight, stream=None):
-    """(first_bad, total) of the (P, Q) labels, as host Python values (synchronises).
-
-    first_bad: row number r = p*Q + q of the first label outside [0, num_classes) that is
-    not ignore_index, or -1. total: float64 sum of weight[y] over the other non-ignored rows
-    (their count without weight: len(weight) == 0), in a fixed order (REDUCE_CHUNK rows per
-    block, block results combined the same way).
-    """
-    stream = _reduce.launch_stream(stream)
+def _label_partials(labels, num_classes, ignore_index, weight, stream):
+    """Device arrays (first_bad, total) of label_stats, 1 element each (no synchronisation)."""
     chunk, lanes = int(_reduce.REDUCE_CHUNK), int(_reduce.LANES)
     nt = _reduce.block_threads(lanes)
     n = int(labels.shape[0]) * int(labels.shape[1])
@@ -648,12 +641,63 @@ def label_stats(labels, num_classes, ignore_index, weight, stream=None):
         total_next = cuda.device_array(blocks, dtype=np.float64, stream=stream)
         _min_sum_chunks[blocks, nt, stream](bad, total, chunk, lanes, bad_next, total_next)
         bad, total = bad_next, total_next
+    return bad, total
+
+
+def label_stats(labels, num_classes, ignore_index, weight, stream=None):
+    """(first_bad, total) of the (P, Q) labels, as host Python values (synchronises).
+
+    first_bad: row number r = p*Q + q of the first label outside [0, num_classes) that is
+    not ignore_index, or -1. total: float64 sum of weight[y] over the other non-ignored rows
+    (their count without weight: len(weight) == 0), in a fixed order (REDUCE_CHUNK rows per
+    block, block results combined the same way).
+    """
+    stream = _reduce.launch_stream(stream)
+    bad, total = _label_partials(labels, num_classes, ignore_index, weight, stream)
     first_bad = bad.copy_to_host(stream=stream)
     total_host = total.copy_to_host(stream=stream)
     if stream:
         stream.synchronize()
     first_bad = int(first_bad[0])
     return (-1 if first_bad == _NO_BAD else first_bad), float(total_host[0])
+
+
+def label_total(labels, num_classes, ignore_index, weight, stream=None):
+    """label_stats' total as a 1-element float64 device array, computed on `stream` with no
+    host synchronisation and no bad-label report (unchecked calls: check=False)."""
+    return _label_partials(labels, num_classes, ignore_index, weight,
+                           _reduce.launch_stream(stream))[1]
+
+
+@cuda.jit
+def _mean_of_sum(total, denominator, out):
+    if cuda.grid(1) == 0:
+        d = denominator[0]
+        out[0] = (1.0 / d) * total[0] if d != 0.0 else math.nan
+
+
+@cuda.jit
+def _quotient_or_zero(value, denominator, out):
+    if cuda.grid(1) == 0:
+        d = denominator[0]
+        out[0] = value / d if d != 0.0 else 0.0
+
+
+def mean_rows(values, denominator, out, stream=None):
+    """out[0] = sum(values) / denominator[0] (NaN when it is 0), all on the device: bit for
+    bit sum_rows(values, 1 / denominator, out) with the denominator left on the device."""
+    stream = _reduce.launch_stream(stream)
+    total = cuda.device_array(1, dtype=np.float64, stream=stream)
+    _reduce.sum_2d(values, 1.0, total, stream)
+    _mean_of_sum[1, 1, stream](total, denominator, out)
+
+
+def quotient_or_zero(value, denominator, stream=None):
+    """value / denominator[0] (0 when it is 0) as a 1-element float64 device array."""
+    stream = _reduce.launch_stream(stream)
+    out = cuda.device_array(1, dtype=np.float64, stream=stream)
+    _quotient_or_zero[1, 1, stream](np.float64(value), denominator, out)
+    return out
 
 
 # ----------------------------------------------------------------------------- row launchers
