@@ -80,6 +80,33 @@ def _torch_peer(mode: str, threads: int, x, y):
     return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes)
 
 
+def _jax_peer(mode: str, x, y):
+    """JAX written the obvious way (log_softmax, gather, mean), jitted; None without JAX.
+    XLA's CPU thread pool is sized at start-up, not by `threads`."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    name = f"jax {jax.__version__}"
+    jx, jy = jnp.asarray(x), jnp.asarray(y)
+
+    def loss_of(logits):
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, jy[:, None], axis=-1))
+
+    if mode == "forward":
+        f = jax.jit(loss_of)
+        return Peer(name, lambda: float(f(jx)), x.nbytes)
+    g = jax.jit(jax.value_and_grad(loss_of))
+
+    def forward_backward():
+        loss, grad = g(jx)
+        grad.block_until_ready()
+        return float(loss)
+    return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes)
+
+
 def _bandwidth_peer(x):
     from nbxent.cpu.softmax import sum_rows
 
@@ -111,9 +138,10 @@ _AGREE = {"float16": 5e-3, "float32": 1e-5, "float64": 1e-5}   # relative, betwe
 
 
 def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None = None,
-        include_reference: bool = True, printer=print, dtype: str = "float32") -> list[dict]:
+        include_reference: bool = True, printer=print, dtype: str = "float32",
+        progress=None) -> list[dict]:
     """Benchmark cross_entropy (mode "forward" or "fused") on `dtype` logits, print a table,
-    return its rows."""
+    return its rows. `progress(fraction, note)`, if given, is called as the run advances."""
     import numba
 
     from nbxent import reference
@@ -122,17 +150,23 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
+    if progress:
+        progress.clear()
     printer(f"cross_entropy {mode}, {dtype}, reduction='mean', {threads} threads, "
             f"median of {rounds} interleaved rounds")
-    printer(f"{'shape':>16}  {'library':<26}{'ms':>10}{'elem/ns':>9}{'GB/s':>8}{'% read bw':>10}"
+    printer(f"{'shape':>16}  {'library':<36}{'ms':>10}{'elem/ns':>9}{'GB/s':>8}{'% read bw':>10}"
             f"{'x nbxent':>10}")
-    for n, c in shapes or DEFAULT_SHAPES:
+    shapes = shapes or DEFAULT_SHAPES
+    for k, (n, c) in enumerate(shapes):
+        note = f"{mode} {dtype} {(n, c)}"
+        if progress:
+            progress(k / len(shapes), note + " compiling, checking")
         x = (rng.standard_normal((n, c), dtype=np.float32) * 2).astype(dtype, copy=False)
         y = rng.integers(0, c, n)
         peers = _nbxent_peers(mode, x, y)
-        torch_peer = _torch_peer(mode, threads, x, y)
-        if torch_peer is not None:
-            peers.append(torch_peer)
+        for extra in (_torch_peer(mode, threads, x, y), _jax_peer(mode, x, y)):
+            if extra is not None:
+                peers.append(extra)
         if include_reference and n * c <= 70_000_000:
             peers.append(Peer("reference (float64 NumPy)", lambda: reference.cross_entropy(x, y), x.nbytes))
         want = float(peers[0].run())  # also compiles
@@ -145,7 +179,9 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
         peers.append(_bandwidth_peer(x))
         peers[-1].run()
         times = {p.name: [] for p in peers}
-        for _ in range(rounds):
+        for r in range(rounds):
+            if progress:
+                progress((k + (r + 1) / (rounds + 1)) / len(shapes), f"{note} round {r + 1}/{rounds}")
             for p in peers:
                 times[p.name].append(_time(p))
         medians = {name: statistics.median(t) for name, t in times.items()}
@@ -160,7 +196,9 @@ def run(shapes=None, mode: str = "forward", rounds: int = 5, threads: int | None
                 "time_over_nbxent": t / medians[peers[0].name],
             }
             rows.append(row)
-            printer(f"{str((n, c)):>16}  {p.name:<26}{t * 1e3:>10.2f}{row['elements_per_ns']:>9.2f}"
+            if progress:
+                progress.clear()
+            printer(f"{str((n, c)):>16}  {p.name:<36}{t * 1e3:>10.2f}{row['elements_per_ns']:>9.2f}"
                     f"{row['gb_per_s']:>8.1f}{100 * row['fraction_of_read_bandwidth']:>9.0f}%"
                     f"{row['time_over_nbxent']:>10.2f}")
     return rows
@@ -205,11 +243,23 @@ def _gpu_peers(mode: str, x, y, tx, ty, bytes_read: float):
         def torch_mean():
             with torch.no_grad():
                 return F.cross_entropy(tx, ty)
+        import cupy
+
+        rows = cupy.arange(x.shape[0])
+
+        def cupy_mean():   # CuPy written the obvious way, in float32
+            xf = x.astype(cupy.float32, copy=False)
+            m = xf.max(axis=1)
+            lse = cupy.log(cupy.exp(xf - m[:, None]).sum(axis=1)) + m
+            return (lse - xf[rows, y]).mean()
         return [
             ("nbxent none", lambda: nbxent.cross_entropy(x, y, reduction="none"), bytes_read),
             ("nbxent mean", lambda: nbxent.cross_entropy(x, y), bytes_read),
+            ("nbxent mean check=False", lambda: nbxent.cross_entropy(x, y, check=False),
+             bytes_read),
             (tv + " none", torch_none, bytes_read),
             (tv + " mean", torch_mean, bytes_read),
+            (f"cupy {cupy.__version__} mean", cupy_mean, bytes_read),
         ]
     import cupy
 
@@ -282,7 +332,8 @@ def run_gpu(shapes=None, dtypes=("float32", "float16"), reps: int = 20, printer=
                 for name, _, moved in peers:
                     t = med[name]
                     row = {"shape": [n, c], "dtype": dt, "mode": mode, "library": name,
-                           "device": dev, "seconds": t, "gb_per_s": moved / t / 1e9,
+                           "device": dev, "seconds": t, "elements_per_ns": n * c / t / 1e9,
+                           "gb_per_s": moved / t / 1e9,
                            "fraction_of_copy_bandwidth": moved / t / bandwidth,
                            "time_over_nbxent": t / first}
                     rows.append(row)
@@ -293,3 +344,57 @@ def run_gpu(shapes=None, dtypes=("float32", "float16"), reps: int = 20, printer=
             cupy.get_default_memory_pool().free_all_blocks()
             torch.cuda.empty_cache()
     return rows
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+class Stage:
+    """One run's share of a progress bar (`nbxent._progress.Bar`): run `index` of `count`
+    reports its own fraction 0..1; the bar shows the whole."""
+
+    def __init__(self, bar, index: int, count: int):
+        self.bar, self.index, self.count = bar, index, count
+
+    def __call__(self, fraction: float, note: str):
+        self.bar(min((self.index + fraction) / self.count, 0.999), 1.0, note)
+
+    def clear(self):
+        self.bar.clear()
+
+
+def plot(rows: list[dict], path: str):
+    """Throughput (elements/ns) against the class count C, one line per library (and
+    dtype, when several), one panel per device and mode; written to `path` (PNG, SVG...)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def panel(r):
+        return (f"GPU {r['device']}" if "device" in r else "CPU", r["mode"])
+
+    panels = sorted({panel(r) for r in rows})
+    several_dtypes = len({r["dtype"] for r in rows}) > 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        series = {}
+        for r in rows:
+            if panel(r) == key:
+                label = r["library"] + (f" {r['dtype']}" if several_dtypes else "")
+                series.setdefault(label, []).append((r["shape"][1], r["elements_per_ns"]))
+        for label, points in sorted(series.items()):
+            points.sort()
+            bound = label.startswith((READ_BANDWIDTH, COPY_BANDWIDTH))
+            ax.plot([p[0] for p in points], [p[1] for p in points], "--" if bound else "-o",
+                    label=label, alpha=0.6 if bound else 1.0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("classes C (log)")
+        ax.set_ylabel("elements / ns (log)")
+        ax.set_title(f"cross_entropy {key[1]}, {key[0]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -9,11 +9,11 @@ import math
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 from nbxent import bench as _bench
+from nbxent._progress import Bar
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                        default=["float32"], help="logits dtypes to time on the CPU "
                                                  "(default float32)")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="also draw throughput against C per library (needs matplotlib)")
+    bench.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                       help="progress bar on stderr (auto: when stderr is a terminal)")
 
     about = sub.add_parser("info", help="versions, Numba threading layer, threads, GPU")
     about.add_argument("--json", action="store_true", help="print one JSON object")
@@ -204,18 +208,33 @@ def main(argv=None) -> int:
         if rounds < 1:
             print("nbxent bench: --rounds must be at least 1", file=sys.stderr)
             return 2
+        if args.plot:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                print("nbxent bench: --plot needs matplotlib (pip install matplotlib, or the "
+                      "nbxent[bench] extra)", file=sys.stderr)
+                return 2
         modes = ["forward", "fused"] if args.mode == "both" else [args.mode]
+        show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+        # "auto" shows the bar once a run has taken 2 s; "on" from the start
+        bar = Bar(1, unit=None, delay=2.0 if args.progress == "auto" else 0.0) if show else None
+        runs = [(d, m) for d in args.dtype for m in modes] if args.device in ("cpu", "all") else []
         rows = []
-        if args.device in ("cpu", "all"):
-            for dtype in args.dtype:
-                for mode in modes:
-                    rows += _bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
-                                      include_reference=not args.no_reference, dtype=dtype)
+        for i, (dtype, mode) in enumerate(runs):
+            rows += _bench.run(shapes, mode=mode, rounds=rounds, threads=args.threads,
+                               include_reference=not args.no_reference, dtype=dtype,
+                               progress=_bench.Stage(bar, i, len(runs)) if bar else None)
+            if mode == modes[-1]:
                 print()
+        if bar:
+            bar.clear()
         if args.device in ("gpu", "all"):
             gpu_shapes = args.shapes or (_bench.GPU_QUICK_SHAPES if args.quick else None)
             rows += _bench.run_gpu(gpu_shapes, reps=max(rounds, 5) if args.quick else 4 * rounds)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
+        if args.plot:
+            _bench.plot(rows, args.plot)
     return 0

@@ -17,7 +17,6 @@ result (except in `log_loss`, which rejects NaN as scikit-learn does). Rows need
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import numpy as np

@@ -31,12 +31,12 @@ import math
 import mmap
 import os
 import queue
-import sys
 import time
 
 import numpy as np
 
 from nbxent import _checks
+from nbxent._progress import Bar
 from nbxent._dispatch import _is_device_array
 from nbxent.softmax import cross_entropy, top1_hits
 
@@ -384,37 +384,6 @@ def _remove(path: str):
         os.remove(path)
 
 
-# ============================================================================ progress
-
-
-class _Bar:
-    """A one-line progress bar on a stream (stderr): rows, percent, rows/s, ETA."""
-
-    def __init__(self, total: int, start: int = 0, stream=None):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.t0 = time.perf_counter()
-        self.first = start
-        self.last_draw = 0.0
-
-    def __call__(self, done: int, total: int):
-        now = time.perf_counter()
-        if done < total and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        frac = done / total if total else 1.0
-        width = 30
-        fill = int(frac * width)
-        rate = (done - self.first) / (now - self.t0) if now > self.t0 else 0.0
-        eta = (total - done) / rate if rate > 0 else math.inf
-        eta_text = f"{eta:4.0f}s" if math.isfinite(eta) else "   ?"
-        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {100 * frac:5.1f}% "
-                          f"{done:,}/{total:,} rows  {rate:,.0f} rows/s  ETA {eta_text}")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 # ============================================================================ scoring
 
 
@@ -600,7 +569,7 @@ def _score(x, y, out, chunk_rows, ignore, device, progress, resume, weight, eps,
         else:
             output.create()
 
-    report = _Bar(n, start) if progress is True else (progress if callable(progress) else None)
+    report = Bar(n, start) if progress is True else (progress if callable(progress) else None)
 
     def chunk_done(r0, losses, labels_host, hits):
         totals.add(losses, labels_host, hits, ignore, w)
