@@ -29,6 +29,7 @@ class Peer:
     run: Callable[[], float]                 # computes the loss (timed)
     bytes_moved: float                       # bytes a perfect kernel moves per call
     reset: Callable[[], None] | None = None  # untimed, before each timed call
+    settle: float = 0.0                      # seconds to wait (untimed) after each call
 
 
 def _nbxent_peers(mode: str, x, y):
@@ -82,7 +83,9 @@ def _torch_peer(mode: str, threads: int, x, y):
 
 def _jax_peer(mode: str, x, y):
     """JAX written the obvious way (log_softmax, gather, mean), jitted; None without JAX.
-    XLA's CPU thread pool is sized at start-up, not by `threads`."""
+    XLA's CPU thread pool is sized at start-up, not by `threads`. Its threads spin for a
+    while after each call, which slowed the next library's call by up to 1.8x here: the
+    peer waits (untimed) for them to park."""
     try:
         import jax
         import jax.numpy as jnp
@@ -97,14 +100,17 @@ def _jax_peer(mode: str, x, y):
 
     if mode == "forward":
         f = jax.jit(loss_of)
-        return Peer(name, lambda: float(f(jx)), x.nbytes)
+        return Peer(name, lambda: float(f(jx)), x.nbytes, settle=_JAX_SETTLE)
     g = jax.jit(jax.value_and_grad(loss_of))
 
     def forward_backward():
         loss, grad = g(jx)
         grad.block_until_ready()
         return float(loss)
-    return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes)
+    return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes, settle=_JAX_SETTLE)
+
+
+_JAX_SETTLE = 0.05
 
 
 def _bandwidth_peer(x):
@@ -130,7 +136,10 @@ def _time(peer: Peer) -> float:
         peer.reset()
     t0 = time.perf_counter()
     peer.run()
-    return time.perf_counter() - t0
+    t = time.perf_counter() - t0
+    if peer.settle:
+        time.sleep(peer.settle)
+    return t
 
 
 DTYPES = ("float32", "float64", "float16")

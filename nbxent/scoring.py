@@ -525,8 +525,8 @@ def _warm_up(gpu: bool, x: _Source, y: _Source, options: dict):
 
         xs, ys = cuda.to_device(xs), cuda.to_device(ys.astype(np.int64))
         w = None if w is None else cuda.to_device(w)
-    cross_entropy(xs, ys, reduction="none", **dict(options, weight=w))
-    top1_hits(xs, ys, ignore_index=options["ignore_index"])
+    cross_entropy(xs, ys, reduction="none", check=False, **dict(options, weight=w))
+    top1_hits(xs, ys, ignore_index=options["ignore_index"], check=False)
 
 
 def _score(x, y, out, chunk_rows, ignore, device, progress, resume, weight, eps, z):
@@ -653,8 +653,11 @@ def _run_cpu(x, y, start, n, chunk, block, options, chunk_done):
         hits = np.empty(r1 - r0, np.uint8)
         for t0 in range(0, r1 - r0, tile):
             t1 = min(r1 - r0, t0 + tile)
-            cross_entropy(xs[t0:t1], ys[t0:t1], reduction="none", out=losses[t0:t1], **options)
-            hits[t0:t1] = top1_hits(xs[t0:t1], ys[t0:t1], ignore_index=options["ignore_index"])
+            # labels were all checked before the first chunk: check=False skips a label pass
+            cross_entropy(xs[t0:t1], ys[t0:t1], reduction="none", out=losses[t0:t1],
+                          check=False, **options)
+            hits[t0:t1] = top1_hits(xs[t0:t1], ys[t0:t1], ignore_index=options["ignore_index"],
+                                    check=False)
         del xs
         x.advise(r0, r1, mmap.MADV_DONTNEED)
         chunk_done(r0, losses, ys, hits)
@@ -679,8 +682,9 @@ def _run_gpu(x, y, start, n, chunk, block, options, chunk_done):
     def compute_chunk(i, xd, yd):
         r0, r1 = spans[i]
         with _arrays.numba_stream(compute):
-            losses = cross_entropy(xd, yd, reduction="none", **dev_options)
-            hits = top1_hits(xd, yd, ignore_index=options["ignore_index"])
+            # labels checked up front; check=False keeps the host out of the compute stream
+            losses = cross_entropy(xd, yd, reduction="none", check=False, **dev_options)
+            hits = top1_hits(xd, yd, ignore_index=options["ignore_index"], check=False)
         losses_h, hits_h = _host(losses, compute), _host(hits, compute)
         compute.synchronize()
         labels_h = np.ascontiguousarray(_host(y.rows(r0, r1)))

@@ -143,8 +143,9 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     if kind == "hard":
         labels_view = rows.rows_view(labels)
+        # unchecked and not a mean: nothing needs the labels' total, so no pass over them
         denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
-                                    check)
+                                    check) if check or reduction == "mean" else None
     else:
         denominator = float(rows.num_rows)
 
@@ -200,11 +201,11 @@ def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator
 
 
 def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_index,
-                      check=True):
+                      check=True, need_total=True):
     """The shared set-up of nll_loss and top1_hits (integer class indices only): backend,
     rows, adopted labels checked against [0, C) (unless check is False), weights. Returns
     (rows, kernels, labels_view, weight_view, denominator: the sum of w[y] over counted
-    rows, see `_check_labels`)."""
+    rows, see `_check_labels`; None when unchecked and not `need_total`)."""
     be = backend_for(**{name: x}, target=target, weight=weight)
     rows = Rows(be, x, axis, name=name)
     ignore_index = _checks.check_ignore_index(ignore_index)
@@ -220,17 +221,19 @@ def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_in
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     labels_view = rows.rows_view(labels)
     denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
-                                check)
+                                check) if check or need_total else None
     return rows, kernels, labels_view, weight_view, denominator
 
 
-def top1_hits(logits, target, *, axis=-1, ignore_index=-100):
+def top1_hits(logits, target, *, axis=-1, ignore_index=-100, check=True):
     """Per-row 1/0 (uint8): whether the label is the top-1 class, `numpy.argmax` along
-    `axis` (the first maximal class; the first NaN in a row with NaN); 0 for ignored rows.
+    `axis` (the first maximal class; the first NaN in a row with NaN); 0 for ignored rows
+    and for labels outside [0, C) (check=False).
 
     Used by `nbxent.score` for accuracy. Checks labels like `cross_entropy`."""
     rows, kernels, labels_view, _, _ = _class_index_call("top1_hits", "logits", logits, target,
-                                                         axis, None, ignore_index)
+                                                         axis, None, ignore_index, check,
+                                                         need_total=False)
     hits = rows.new_rows(np.uint8)
     kernels.top1(rows.x_view(), labels_view, int(ignore_index), rows.rows_view(hits), rows.be.stream)
     return rows.be.wrap(hits)
@@ -301,7 +304,8 @@ def nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=-100, redu
     """
     reduction = _checks.check_reduction(reduction)
     rows, kernels, labels_view, weight_view, denominator = _class_index_call(
-        "nll_loss", "log_probs", log_probs, target, axis, weight, ignore_index, check)
+        "nll_loss", "log_probs", log_probs, target, axis, weight, ignore_index, check,
+        need_total=reduction == "mean")
     be = rows.be
     ignore_index = int(ignore_index)
     loss_dtype = _checks.compute_dtype(rows.dtype)

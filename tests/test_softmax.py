@@ -473,3 +473,38 @@ def test_check_must_be_a_bool():
         nbxent.cross_entropy(make_logits((3, 4), np.float32), np.zeros(3, int), check="no")
     with pytest.raises(TypeError, match="check must be True or False, got 0"):
         nbxent.nll_loss(make_logits((3, 4), np.float32), np.zeros(3, int), check=0)
+
+
+@backend_params
+def test_unchecked_calls_without_a_mean_make_no_pass_over_the_labels(backend, monkeypatch):
+    from nbxent.softmax import top1_hits
+
+    n, c = small(backend, (50, 12), (5, 6))
+    logits = make_logits((n, c), np.float32)
+    labels = make_labels((n,), c)
+    args = to_backend(logits, backend), to_backend(labels, backend)
+    want = {
+        "ce": to_host(nbxent.cross_entropy(*args, reduction="none")),
+        "sum": to_host(nbxent.cross_entropy(*args, reduction="sum")),
+        "grad": to_host(nbxent.cross_entropy_with_grad(*args, reduction="sum")[1]),
+        "nll": to_host(nbxent.nll_loss(*args, reduction="none")),
+        "top1": to_host(top1_hits(*args)),
+    }
+    module = f"nbxent.{backend}.softmax"
+    for name in ("label_stats", "label_total"):
+        monkeypatch.setattr(f"{module}.{name}",
+                            lambda *a, _n=name, **k: pytest.fail(f"unchecked call ran {_n}"))
+    np.testing.assert_array_equal(
+        to_host(nbxent.cross_entropy(*args, reduction="none", check=False)), want["ce"])
+    np.testing.assert_array_equal(
+        to_host(nbxent.cross_entropy(*args, reduction="sum", check=False)), want["sum"])
+    np.testing.assert_array_equal(
+        to_host(nbxent.cross_entropy_with_grad(*args, reduction="sum", check=False)[1]),
+        want["grad"])
+    np.testing.assert_array_equal(
+        to_host(nbxent.nll_loss(*args, reduction="none", check=False)), want["nll"])
+    np.testing.assert_array_equal(to_host(top1_hits(*args, check=False)), want["top1"])
+    bad = labels.copy()
+    bad[0] = c
+    hits = to_host(top1_hits(args[0], to_backend(bad, backend), check=False))
+    assert hits[0] == 0 and (hits[1:] == want["top1"][1:]).all()

@@ -472,6 +472,16 @@ def _is_half(buf):
     return buf.dtype == types.uint16
 
 
+def is_half(buf):
+    """Whether `buf` holds float16 bit patterns (a compile-time constant)."""
+
+
+@overload(is_half, jit_options=_OPTS)
+def _ol_is_half(buf):
+    half = _is_half(buf)
+    return lambda buf: half
+
+
 @overload(load, jit_options=_OPTS)
 def _ol_load(buf, i):
     if _is_half(buf):

@@ -38,7 +38,7 @@ from numba import prange
 
 from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import borrow as _b
-from nbxent.cpu._math import (cempty, cexp, clog, crow, cval, diff_add, fmax, load, srow,
+from nbxent.cpu._math import (cempty, cexp, clog, crow, cval, diff_add, fmax, is_half, load, srow,
                               store, sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
@@ -479,7 +479,7 @@ def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
     for _ in range(r0, r1):
         y = lab[ls[0] + p * ls[1] + q * ls[2]]
         hit = 0
-        if y != ignore:
+        if y != ignore and 0 <= y < C:   # out of range only unchecked (check=False): a miss
             b = xs[0] + p * xs[1] + q * xs[2]
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
             hit = _top1_row(row, y)
@@ -646,9 +646,19 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
     LG = crow(scratch, (C + 9) * R, R)   # log(sum)
     zero = cval(x, 0.0)
     ninf = cval(x, -np.inf)
-    for c in range(C):
-        for j in range(n):
-            T[c * R + j] = load(x, xb + j * xr + c)
+    if is_half(x) and xr == C:
+        # convert the block's contiguous rows in one vectorised pass first: F16C converts 8
+        # halves per instruction, but one at a time in the strided transpose below
+        U = crow(scratch, (C + _SMALL_VECS) * R, n * C)
+        for i in range(n * C):
+            U[i] = load(x, xb + i)
+        for c in range(C):
+            for j in range(n):
+                T[c * R + j] = U[j * C + c]
+    else:
+        for c in range(C):
+            for j in range(n):
+                T[c * R + j] = load(x, xb + j * xr + c)
     if lr == 1:
         _small_labels(crow(lab, lb, n), n, T, XY, WY, OK, w, ignore)
     else:
@@ -725,7 +735,7 @@ def _small_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs,
     nblk = P * nqb
     nchunk = (nblk + _SMALL_CHUNK - 1) // _SMALL_CHUNK
     for k in prange(nchunk):
-        scratch = cempty(x, (C + _SMALL_VECS) * R)
+        scratch = cempty(x, (2 * C + _SMALL_VECS) * R)   # the last C * R: float16 rows
         for i in range(k * _SMALL_CHUNK, min((k + 1) * _SMALL_CHUNK, nblk)):
             p = i // nqb
             q = (i - p * nqb) * R
@@ -894,7 +904,7 @@ def nll(logp, labels, weight, ignore_index, loss_out, stream=None):
 
 def top1(x, labels, ignore_index, hits_out, stream=None):
     """hits_out[p, q] = 1 where labels[p, q] is numpy.argmax(x[p, q, :]), else 0 (0 for
-    ignored rows). Labels must have been checked (label_stats)."""
+    ignored rows and labels outside [0, C))."""
     P, Q, C = x.shape
     if P * Q == 0:
         return
