@@ -14,7 +14,7 @@ import numpy as np
 
 import nbxent
 from nbxent.scoring import score
-from nbxent.softmax import top1_hits
+from nbxent.softmax import scored_rows, top1_hits
 folder, C, gb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 n = int(gb * 2**30 / (C * 4)) // 65536 * 65536
 xp, yp = os.path.join(folder, f"x{C}.npy"), os.path.join(folder, f"y{C}.npy")
@@ -37,6 +37,8 @@ def rate(fn, rows, reps=5):
     return rows / statistics.median(ts)
 ce = rate(lambda: nbxent.cross_entropy(xm, ym), m)
 ce_top1 = rate(lambda: (nbxent.cross_entropy(xm, ym), top1_hits(xm, ym)), m)
+lo, hi = np.empty(m, np.float32), np.empty(m, np.uint8)
+fused = rate(lambda: scored_rows(xm, ym, lo, hi), m)   # what score runs per tile
 def cold():
     fd = os.open(xp, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
 score(xm, ym)  # compile
@@ -44,7 +46,8 @@ cold()
 r = score(xp, yp)
 print(f"C={C} file {n*C*4/2**30:.1f} GiB: score {r.rows_per_second:,.0f} rows/s ({r.rows_per_second*C*4/2**30:.2f} GiB/s); "
       f"in-memory cross_entropy {ce:,.0f} rows/s -> {r.rows_per_second/ce:.0%}; "
-      f"cross_entropy+top1 {ce_top1:,.0f} rows/s -> {r.rows_per_second/ce_top1:.0%}", flush=True)
+      f"cross_entropy+top1 {ce_top1:,.0f} rows/s -> {r.rows_per_second/ce_top1:.0%}; "
+      f"scored_rows (fused) {fused:,.0f} rows/s -> {r.rows_per_second/fused:.0%}", flush=True)
 if len(sys.argv) > 4:  # hot: file in page cache (only if it fits)
     r2 = score(xp, yp)
     print(f"   second (warm page cache) run: {r2.rows_per_second:,.0f} rows/s -> {r2.rows_per_second/ce:.0%} of cross_entropy", flush=True)

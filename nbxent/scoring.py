@@ -38,7 +38,7 @@ import numpy as np
 from nbxent import _checks
 from nbxent._progress import Bar
 from nbxent._dispatch import _is_device_array
-from nbxent.softmax import cross_entropy, top1_hits
+from nbxent.softmax import cross_entropy, scored_rows, top1_hits
 
 _CHUNK_BYTES = 64 << 20          # default logits bytes per chunk
 _BLOCK_BYTES = 4 << 20           # accounting blocks: at most this many logits bytes ...
@@ -653,11 +653,8 @@ def _run_cpu(x, y, start, n, chunk, block, options, chunk_done):
         hits = np.empty(r1 - r0, np.uint8)
         for t0 in range(0, r1 - r0, tile):
             t1 = min(r1 - r0, t0 + tile)
-            # labels were all checked before the first chunk: check=False skips a label pass
-            cross_entropy(xs[t0:t1], ys[t0:t1], reduction="none", out=losses[t0:t1],
-                          check=False, **options)
-            hits[t0:t1] = top1_hits(xs[t0:t1], ys[t0:t1], ignore_index=options["ignore_index"],
-                                    check=False)
+            # labels were all checked before the first chunk
+            scored_rows(xs[t0:t1], ys[t0:t1], losses[t0:t1], hits[t0:t1], **options)
         del xs
         x.advise(r0, r1, mmap.MADV_DONTNEED)
         chunk_done(r0, losses, ys, hits)

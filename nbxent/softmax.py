@@ -46,8 +46,9 @@ def _as_target(be, target):
 def _check_labels(rows: Rows, kernels, target, labels_view, weight_view, ignore_index,
                   check: bool = True):
     """The sum of w[y] over counted rows (the "mean" denominator); raises for the first label
-    out of range. Unchecked (check=False): no raise, and on the GPU no host synchronisation:
-    the sum is then a 1-element device array for `_mean_grad_scale` and `_reduce`."""
+    out of range. Unchecked (check=False): no raise, and the sum comes back as the kernels'
+    1-element array (on the GPU left on the device: no host synchronisation) for
+    `_mean_grad_scale` and `_reduce`."""
     if not check:
         return kernels.label_total(labels_view, rows.num_classes, ignore_index, weight_view,
                                    rows.be.stream)
@@ -186,7 +187,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
 
 def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator):
     """The "sum" or "mean" of the per-row values as the API's 0-d result; `denominator` is a
-    float, or a 1-element device array (unchecked GPU calls: see `_check_labels`)."""
+    float, or the kernels' 1-element array (unchecked calls: see `_check_labels`)."""
     be = rows.be
     out1 = be.empty((1,), dtype)
     if reduction == "mean" and not isinstance(denominator, float):
@@ -237,6 +238,28 @@ def top1_hits(logits, target, *, axis=-1, ignore_index=-100, check=True):
     hits = rows.new_rows(np.uint8)
     kernels.top1(rows.x_view(), labels_view, int(ignore_index), rows.rows_view(hits), rows.be.stream)
     return rows.be.wrap(hits)
+
+
+def scored_rows(logits, target, losses_out, hits_out, *, weight=None, ignore_index=-100,
+                label_smoothing=0.0, z_loss=0.0):
+    """Per-row cross-entropy losses into `losses_out` and top-1 hits (as `top1_hits`) into
+    `hits_out`, for `nbxent.score`, whose labels are checked before: unchecked here
+    (check=False semantics). On the CPU one pass reads each row once for both. Outputs that
+    do not share the logits' row layout get the two public calls instead."""
+    be = backend_for(logits=logits, target=target, out=losses_out)
+    rows = Rows(be, logits, -1)
+    (labels,), _ = rows.adopt(row_inputs=(_labels(rows, _as_target(be, target)),))
+    if not (rows.fits_rows(losses_out) and rows.fits_rows(hits_out)):
+        losses_out[...] = cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
+                                        reduction="none", label_smoothing=label_smoothing,
+                                        z_loss=z_loss, check=False)
+        hits_out[...] = top1_hits(logits, target, ignore_index=ignore_index, check=False)
+        return
+    weight_arr = _weights(rows, weight, _checks.compute_dtype(rows.dtype))
+    be.kernels(_FAMILY).cross_entropy_top1(
+        rows.x_view(), rows.rows_view(labels), be.view(weight_arr, *be.shape_strides(weight_arr)),
+        int(ignore_index), float(label_smoothing), float(z_loss), rows.rows_view(losses_out),
+        rows.rows_view(hits_out), be.stream)
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",

@@ -16,7 +16,7 @@ import pytest
 import nbxent
 from nbxent import reference
 from nbxent.scoring import block_rows, score
-from tests.backends import BACKENDS, to_backend
+from tests.backends import BACKENDS, backend_params, small, to_backend, to_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -408,3 +408,33 @@ def test_cli_demo_checks_against_reference():
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["demo_check"]["ok"] and summary["demo_check"]["relative_error"] <= 1e-6
     assert summary["n_rows"] == 500_000 and 0 < summary["accuracy"] < 1
+
+
+@backend_params
+@pytest.mark.parametrize("c", [5, 40])   # CPU: small C runs two kernels; above, one pass per row
+@pytest.mark.parametrize("layout", ["c", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_scored_rows_equal_the_two_public_calls(backend, c, layout, dtype):
+    from nbxent.softmax import scored_rows, top1_hits
+
+    rng = np.random.default_rng(7)
+    n = small(backend, 300, 8)
+    c = small(backend, c, min(c, 7))
+    x = (rng.standard_normal((n, 2 * c)) * 3).astype(dtype)
+    x = x[:, ::2] if layout == "strided" else x[:, :c]
+    x[5, 3] = np.nan
+    x[6] = x[6, 0]            # ties: the first maximum wins
+    y = rng.integers(0, c, n)
+    y[::7] = -100
+    w = rng.random(c) + 0.5
+    opts = dict(weight=w, ignore_index=-100, label_smoothing=0.1, z_loss=1e-3)
+    losses = to_backend(np.empty(n, np.float64 if dtype == np.float64 else np.float32), backend)
+    hits = to_backend(np.empty(n, np.uint8), backend)
+    xb, yb = to_backend(x, backend), to_backend(y, backend)
+    opts["weight"] = to_backend(w, backend)
+    scored_rows(xb, yb, losses, hits, **opts)
+    want = nbxent.cross_entropy(xb, yb, reduction="none", **opts)
+    losses, hits = to_host(losses), to_host(hits)
+    np.testing.assert_array_equal(losses, to_host(want))
+    np.testing.assert_array_equal(hits, to_host(top1_hits(xb, yb)))
+    assert hits[6] == (y[6] == 0) and np.isnan(losses[5]) == (y[5] != -100)

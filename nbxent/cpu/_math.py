@@ -62,14 +62,16 @@ def fmax(typingctx, a, b):
 
 
 @intrinsic
-def _f32_bits(typingctx, x):
-    if x != types.float32:
+def _float_bits(typingctx, x):
+    """The bits of a float32 (float64) as an int32 (int64)."""
+    ret = {types.float32: types.int32, types.float64: types.int64}.get(x)
+    if ret is None:
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
+        return builder.bitcast(args[0], ir.IntType(ret.bitwidth))
 
-    return types.int32(x), codegen
+    return ret(x), codegen
 
 
 @intrinsic
@@ -208,7 +210,7 @@ def log_reduce(x):
     for finite x > 0 (subnormals exact); garbage otherwise, for the callers to select away."""
     sub = x < _TINY
     xs = x * _TWO23 if sub else x
-    bits = _f32_bits(xs)
+    bits = _float_bits(xs)
     e = (bits >> np.int32(23)) - np.int32(126)
     e = e - np.int32(23) if sub else e
     m = _bits_f32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))   # [0.5, 1)
@@ -273,17 +275,6 @@ _TWO54 = 18014398509481984.0
 
 
 @intrinsic
-def _f64_bits(typingctx, x):
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(x), codegen
-
-
-@intrinsic
 def _bits_f64(typingctx, i):
     if i != types.int64:
         return None
@@ -301,7 +292,7 @@ def exp64_core(x):
     error below 5e-18), 2**n as two normal powers of two (subnormal results approximate)."""
     t = x * _LOG2E64 + _MAGIC
     n = t - _MAGIC                          # rint(x / ln 2), an integer-valued double
-    ni = _f64_bits(t) - _MAGIC_BITS          # the same integer as int64
+    ni = _float_bits(t) - _MAGIC_BITS          # the same integer as int64
     r = x - n * _LN2_HI64
     r = r - n * _LN2_LO64
     # sum_{k=2..13} r^k / k! by Estrin's scheme: a Horner chain of 12 dependent FMAs would
@@ -346,7 +337,7 @@ def log64(x):
     log(0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, log(NaN) = NaN; subnormals exact."""
     sub = x < _TINY64
     xs = x * _TWO54 if sub else x
-    bits = _f64_bits(xs)
+    bits = _float_bits(xs)
     e = (bits >> np.int64(52)) - np.int64(1022)
     e = e - np.int64(54) if sub else e
     m = _bits_f64((bits & np.int64(0x000FFFFFFFFFFFFF)) | np.int64(0x3FE0000000000000))
@@ -413,7 +404,7 @@ def h2f_bits(h):
     sign = (u & np.int32(0x8000)) << np.int32(16)
     # exponent/mantissa shifted into float32 place, rescaled by 2**112 (handles subnormals)
     f = _bits_f32(em << np.int32(13)) * np.float32(5.192296858534828e33)
-    bits = _f32_bits(f)
+    bits = _float_bits(f)
     bits = ((em << np.int32(13)) | np.int32(0x7F800000)) if em >= np.int32(0x7C00) else bits
     return _bits_f32(bits | sign)
 
@@ -422,12 +413,12 @@ def h2f_bits(h):
 def f2h_bits(f):
     """float32 -> float16 bit pattern (uint16), round to nearest even; overflow gives inf,
     NaN gives a quiet NaN of the same sign, subnormal halves are rounded correctly."""
-    bits = _f32_bits(f)
+    bits = _float_bits(f)
     sign = bits & np.int32(-0x80000000)
     a = bits ^ sign                                         # |f| as bits
     # subnormal half or zero: let the FPU round by adding a magic number
     magic = np.int32((127 - 15 + 23 - 10 + 1) << 23)
-    sub = _f32_bits(_bits_f32(a) + _bits_f32(magic)) - magic
+    sub = _float_bits(_bits_f32(a) + _bits_f32(magic)) - magic
     # normal half: rebias, round to nearest even on the 13 dropped bits
     odd = (a >> np.int32(13)) & np.int32(1)
     nrm = (a + np.int32(((15 - 127) << 23) + 0xFFF) + odd) >> np.int32(13)

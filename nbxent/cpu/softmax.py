@@ -499,6 +499,43 @@ def _top1_kernel(x, xs, P, Q, C, lab, ls, ignore, hits, hs, rpc):
 
 
 @hjit()
+def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs, r0, r1):
+    """Rows [r0, r1): loss (as _ce_chunk, forward) and top-1 hit (as _top1_chunk) of each
+    row while it is in cache: the row is read from memory once for both."""
+    p = r0 // Q
+    q = r0 - p * Q
+    strided = xs[3] != 1
+    tx = np.empty(C if strided else 0, x.dtype)
+    for _ in range(r0, r1):
+        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        loss = 0.0
+        hit = 0
+        if y != ignore:
+            if y < 0 or y >= C:   # only unchecked labels get here
+                loss = np.nan
+            else:
+                b = xs[0] + p * xs[1] + q * xs[2]
+                row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+                loss = _ce_row(row, row, y, w, W, eps, z, 1.0, _FWD)
+                hit = _top1_row(row, y)
+        out[os[0] + p * os[1] + q * os[2]] = loss
+        hits[hs[0] + p * hs[1] + q * hs[2]] = hit
+        q += 1
+        if q == Q:
+            q = 0
+            p += 1
+
+
+@pjit()
+def _ce_top1_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs, rpc):
+    x, lab, w, out, hits = _b(x), _b(lab), _b(w), _b(out), _b(hits)
+    n = P * Q
+    for k in prange((n + rpc - 1) // rpc):
+        _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs,
+                       k * rpc, min(n, (k + 1) * rpc))
+
+
+@hjit()
 def _block_start(k, Q):
     r0 = k * _RED_BLOCK
     p = r0 // Q
@@ -814,9 +851,22 @@ def label_stats(labels, num_classes, ignore_index, weight, stream=None):
 
 
 def label_total(labels, num_classes, ignore_index, weight, stream=None):
-    """label_stats' total without the bad-label report (unchecked calls: check=False). A
-    host float: the CPU has no synchronisation to save."""
-    return label_stats(labels, num_classes, ignore_index, weight)[1]
+    """label_stats' total as a 1-element float64 array, without the bad-label report
+    (unchecked calls: check=False; the GPU twin leaves it on the device, unsynchronised)."""
+    return np.array([label_stats(labels, num_classes, ignore_index, weight)[1]])
+
+
+def mean_rows(values, denominator, out, stream=None):
+    """out[0] = sum(values) / denominator[0] (NaN when it is 0): sum_rows with the
+    denominator a 1-element array (label_total's), bit for bit the checked call's mean."""
+    d = float(denominator[0])
+    sum_rows(values, 1.0 / d if d != 0 else math.nan, out)
+
+
+def quotient_or_zero(value, denominator, stream=None):
+    """value / denominator[0] (0 when it is 0) as a 1-element float64 array."""
+    d = float(denominator[0])
+    return np.array([value / d if d != 0 else 0.0])
 
 
 def _grad_layout(x, xb, xs, grad_scale, grad_out):
@@ -912,6 +962,27 @@ def top1(x, labels, ignore_index, hits_out, stream=None):
     lb, ls = _flat(labels)
     hb, hs = _flat(hits_out)
     _top1_kernel(xb, xs, P, Q, C, lb, ls, int(ignore_index), hb, hs, _rows_per_chunk(P * Q, C))
+
+
+def cross_entropy_top1(x, labels, weight, ignore_index, smoothing, z_loss, loss_out, hits_out,
+                       stream=None):
+    """cross_entropy (forward) into loss_out and top1 into hits_out. For C above the
+    small-C kernel's range both come from one pass over each row (the row is read from
+    memory once); small C runs the two kernels."""
+    P, Q, C = x.shape
+    if P * Q == 0:
+        return
+    xb, xs = _flat(x)
+    if C <= _SMALL_C and xs[3] == 1:
+        cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out)
+        top1(x, labels, ignore_index, hits_out)
+        return
+    lb, ls = _flat(labels)
+    ob, os = _flat(loss_out)
+    hb, hs = _flat(hits_out)
+    w, W = _weights(weight, C, loss_out.dtype)
+    _ce_top1_kernel(xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
+                    float(z_loss), ob, os, hb, hs, _rows_per_chunk(P * Q, C))
 
 
 def sum_rows(values, scale, out, stream=None):

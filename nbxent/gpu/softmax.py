@@ -816,6 +816,14 @@ def top1(x, labels, ignore_index, hits_out, stream=None):
         x, labels, np.int64(ignore_index), hits_out)
 
 
+def cross_entropy_top1(x, labels, weight, ignore_index, smoothing, z_loss, loss_out, hits_out,
+                       stream=None):
+    """cross_entropy (forward) into loss_out and top1 into hits_out: two launches (the CPU
+    twin fuses them; on the GPU each row is read by one block either way)."""
+    cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out, stream=stream)
+    top1(x, labels, ignore_index, hits_out, stream)
+
+
 def sum_rows(values, scale, out, stream=None):
     """out[0] = scale * sum of the (P, Q) `values`, in float64, in a fixed order
     (REDUCE_CHUNK values per block, block sums combined the same way)."""
