@@ -520,11 +520,14 @@ def _warm_up(gpu: bool, x: _Source, y: _Source, options: dict):
     ys = np.zeros(1, y.dtype if y.dtype in _checks.KERNEL_LABEL_DTYPES else np.int64)
     ys[0] = options["ignore_index"] if C == 0 else 0
     w = options["weight"]
-    if gpu:
-        from numba import cuda
+    if not gpu:   # what _run_cpu runs
+        scored_rows(xs, ys, np.empty(1, _checks.compute_dtype(x.dtype)), np.empty(1, np.uint8),
+                    **options)
+        return
+    from numba import cuda
 
-        xs, ys = cuda.to_device(xs), cuda.to_device(ys.astype(np.int64))
-        w = None if w is None else cuda.to_device(w)
+    xs, ys = cuda.to_device(xs), cuda.to_device(ys.astype(np.int64))
+    w = None if w is None else cuda.to_device(w)
     cross_entropy(xs, ys, reduction="none", check=False, **dict(options, weight=w))
     top1_hits(xs, ys, ignore_index=options["ignore_index"], check=False)
 

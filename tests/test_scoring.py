@@ -438,3 +438,38 @@ def test_scored_rows_equal_the_two_public_calls(backend, c, layout, dtype):
     np.testing.assert_array_equal(losses, to_host(want))
     np.testing.assert_array_equal(hits, to_host(top1_hits(xb, yb)))
     assert hits[6] == (y[6] == 0) and np.isnan(losses[5]) == (y[5] != -100)
+
+
+def test_timed_run_compiles_nothing():
+    """`seconds` excludes compilation: the warm-up compiles every kernel the run launches
+    (checked in a fresh process, where nothing is compiled yet)."""
+    child = textwrap.dedent("""
+        import numpy as np
+        from numba.core import event
+        import nbxent.scoring as scoring
+        compiled, phase = [], ["before"]
+        class Listener(event.Listener):
+            def on_start(self, e):
+                compiled.append((phase[0], str(e.data["dispatcher"])))
+            def on_end(self, e):
+                pass
+        event.register("numba:compile", Listener())
+        warm_up = scoring._warm_up
+        def traced(*args):
+            warm_up(*args)
+            phase[0] = "timed"
+        scoring._warm_up = traced
+        rng = np.random.default_rng(0)
+        for c in (5, 40):    # the small-C kernels and the fused one
+            phase[0] = "before"
+            x = rng.standard_normal((3000, c), dtype=np.float32)
+            y = rng.integers(0, c, 3000)
+            scoring.score(x, y, chunk_rows=512)
+        late = [d for p, d in compiled if p == "timed"]
+        assert not late, late
+        assert any("_ce_top1_kernel" in d for p, d in compiled), compiled
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
