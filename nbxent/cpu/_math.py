@@ -292,7 +292,7 @@ def exp64_core(x):
     error below 5e-18), 2**n as two normal powers of two (subnormal results approximate)."""
     t = x * _LOG2E64 + _MAGIC
     n = t - _MAGIC                          # rint(x / ln 2), an integer-valued double
-    ni = _float_bits(t) - _MAGIC_BITS          # the same integer as int64
+    ni = _float_bits(t) - _MAGIC_BITS       # the same integer as int64
     r = x - n * _LN2_HI64
     r = r - n * _LN2_LO64
     # sum_{k=2..13} r^k / k! by Estrin's scheme: a Horner chain of 12 dependent FMAs would
