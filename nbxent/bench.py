@@ -94,17 +94,17 @@ def _jax_peer(mode: str, x, y):
     name = f"jax {jax.__version__}"
     jx, jy = jnp.asarray(x), jnp.asarray(y)
 
-    def loss_of(logits):
+    def loss_of(logits, labels):   # labels an argument: as a closure constant XLA folds them
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        return -jnp.mean(jnp.take_along_axis(logp, jy[:, None], axis=-1))
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
     if mode == "forward":
         f = jax.jit(loss_of)
-        return Peer(name, lambda: float(f(jx)), x.nbytes, settle=_JAX_SETTLE)
+        return Peer(name, lambda: float(f(jx, jy)), x.nbytes, settle=_JAX_SETTLE)
     g = jax.jit(jax.value_and_grad(loss_of))
 
     def forward_backward():
-        loss, grad = g(jx)
+        loss, grad = g(jx, jy)
         grad.block_until_ready()
         return float(loss)
     return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes, settle=_JAX_SETTLE)
