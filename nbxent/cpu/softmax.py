@@ -783,14 +783,21 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
             M[j] = fmax(M[j], T[c * R + j])
     for j in range(n):
         M[j] = zero if (M[j] == np.inf or M[j] == -np.inf) else M[j]
-    for c in range(C):
-        for j in range(n):
-            S[j] += cexp(T[c * R + j] - M[j])
     if eps > 0.0:
         for c in range(C):
             wc = w[c]
             for j in range(n):
                 D[j] += wc * (M[j] - T[c * R + j])
+    if mode == _FWD:
+        for c in range(C):
+            for j in range(n):
+                S[j] += cexp(T[c * R + j] - M[j])
+    else:   # keep exp(x - m) in T: the gradient pass then needs no second exp
+        for c in range(C):
+            for j in range(n):
+                e = cexp(T[c * R + j] - M[j])
+                T[c * R + j] = e
+                S[j] += e
     omeps = cval(x, 1.0 - eps)
     ec = cval(x, eps / C)
     Wf = cval(x, W)
@@ -821,7 +828,7 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
     for c in range(C):
         k2 = ec * w[c]
         for j in range(n):
-            T[c * R + j] = cexp(T[c * R + j] - M[j]) * KK[j] - k2 * SC[j]
+            T[c * R + j] = T[c * R + j] * KK[j] - k2 * SC[j]
     for j in range(n):
         grow = crow(g, gb + j * gr, C)
         y = lab[lb + j * lr]
