@@ -135,9 +135,19 @@ def _lse(row):
 @hjit()
 def _softmax_row(row, orow):
     m = _shift(row)
-    k = cval(row, 1.0 / _sumexp(row, m))
+    # in place (orow is row), the storing sum pass below would run scalar: another order of
+    # summation, so other bits than an out-of-place call
+    if is_half(orow) or orow.ctypes.data == row.ctypes.data:
+        k = cval(row, 1.0 / _sumexp(row, m))
+        for c in range(row.size):
+            store(orow, c, cexp(load(row, c) - m) * k)
+        return
+    # float32/float64: the sum pass leaves exp(x - m) in orow, the second pass scales it
+    # (one exp per element; the same values as recomputing it)
+    total, _ = _sumexp_into(row, orow, m, orow, False)   # (w unused without smoothing)
+    k = cval(row, 1.0 / total)
     for c in range(row.size):
-        store(orow, c, cexp(load(row, c) - m) * k)
+        orow[c] = orow[c] * k
 
 
 @hjit()
