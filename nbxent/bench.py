@@ -237,7 +237,8 @@ def _gpu_time(fn, reps: int) -> list[float]:
 
 
 def _gpu_peers(mode: str, x, y, tx, ty, bytes_read: float):
-    """(name, fn, bytes moved) of nbxent and torch on CUDA for one input."""
+    """(name, fn, bytes moved) of nbxent, torch and CuPy on CUDA for one input."""
+    import cupy
     import torch
 
     import nbxent
@@ -252,8 +253,6 @@ def _gpu_peers(mode: str, x, y, tx, ty, bytes_read: float):
         def torch_mean():
             with torch.no_grad():
                 return F.cross_entropy(tx, ty)
-        import cupy
-
         rows = cupy.arange(x.shape[0])
 
         def cupy_mean():   # CuPy written the obvious way, in float32
@@ -270,8 +269,6 @@ def _gpu_peers(mode: str, x, y, tx, ty, bytes_read: float):
             (tv + " mean", torch_mean, bytes_read),
             (f"cupy {cupy.__version__} mean", cupy_mean, bytes_read),
         ]
-    import cupy
-
     buf = cupy.empty_like(x)
 
     def inplace():

@@ -512,9 +512,18 @@ def _use_gpu(device: str, x: _Source, y: _Source) -> bool:
     return _arrays.available() and not _arrays.simulator_enabled()
 
 
+def _gpu_tile(xd, yd, options: dict):
+    """(losses, hits) of device rows: what _run_gpu runs per chunk, and _warm_up once.
+    Labels are checked up front, so check=False keeps the host out of the compute stream."""
+    losses = cross_entropy(xd, yd, reduction="none", check=False, **options)
+    hits = top1_hits(xd, yd, ignore_index=options["ignore_index"], check=False)
+    return losses, hits
+
+
 def _warm_up(gpu: bool, x: _Source, y: _Source, options: dict):
-    """Compile the kernels for these dtypes and class count on one row, so that the run's
-    timing (and the first chunk) excludes compilation."""
+    """Compile the kernels for these dtypes and class count on one row, by the calls the run
+    makes (scored_rows on the CPU, _gpu_tile on the GPU), so that the run's timing (and the
+    first chunk) excludes compilation."""
     C = x.shape[1]
     xs = np.zeros((1, C), x.dtype)
     ys = np.zeros(1, y.dtype if y.dtype in _checks.KERNEL_LABEL_DTYPES else np.int64)
@@ -527,9 +536,7 @@ def _warm_up(gpu: bool, x: _Source, y: _Source, options: dict):
     from numba import cuda
 
     xs, ys = cuda.to_device(xs), cuda.to_device(ys.astype(np.int64))
-    w = None if w is None else cuda.to_device(w)
-    cross_entropy(xs, ys, reduction="none", check=False, **dict(options, weight=w))
-    top1_hits(xs, ys, ignore_index=options["ignore_index"], check=False)
+    _gpu_tile(xs, ys, dict(options, weight=None if w is None else cuda.to_device(w)))
 
 
 def _score(x, y, out, chunk_rows, ignore, device, progress, resume, weight, eps, z):
@@ -682,9 +689,7 @@ def _run_gpu(x, y, start, n, chunk, block, options, chunk_done):
     def compute_chunk(i, xd, yd):
         r0, r1 = spans[i]
         with _arrays.numba_stream(compute):
-            # labels checked up front; check=False keeps the host out of the compute stream
-            losses = cross_entropy(xd, yd, reduction="none", check=False, **dev_options)
-            hits = top1_hits(xd, yd, ignore_index=options["ignore_index"], check=False)
+            losses, hits = _gpu_tile(xd, yd, dev_options)
         losses_h, hits_h = _host(losses, compute), _host(hits, compute)
         compute.synchronize()
         labels_h = np.ascontiguousarray(_host(y.rows(r0, r1)))
