@@ -44,11 +44,14 @@ def _as_target(be, target):
 
 
 def _check_labels(rows: Rows, kernels, target, labels_view, weight_view, ignore_index,
-                  check: bool = True):
+                  check: bool = True, need_total: bool = True):
     """The sum of w[y] over counted rows (the "mean" denominator); raises for the first label
     out of range. Unchecked (check=False): no raise, and the sum comes back as the kernels'
     1-element array (on the GPU left on the device: no host synchronisation) for
-    `_mean_grad_scale` and `_reduce`."""
+    `_mean_grad_scale` and `_reduce`, or None without a pass over the labels when the call
+    does not `need_total`."""
+    if not check and not need_total:
+        return None
     if not check:
         return kernels.label_total(labels_view, rows.num_classes, ignore_index, weight_view,
                                    rows.be.stream)
@@ -144,9 +147,9 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     if kind == "hard":
         labels_view = rows.rows_view(labels)
-        # unchecked and not a mean: nothing needs the labels' total, so no pass over them
+        # only a mean needs the labels' total (the gradient scale of a "mean" included)
         denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
-                                    check) if check or reduction == "mean" else None
+                                    check, need_total=reduction == "mean")
     else:
         denominator = float(rows.num_rows)
 
@@ -222,7 +225,7 @@ def _class_index_call(caller: str, name: str, x, target, axis, weight, ignore_in
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     labels_view = rows.rows_view(labels)
     denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
-                                check) if check or need_total else None
+                                check, need_total)
     return rows, kernels, labels_view, weight_view, denominator
 
 
