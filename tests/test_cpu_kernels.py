@@ -188,9 +188,35 @@ def test_exp64_log64_accuracy_and_edges():
     assert e[-12] == 0 and e[-11] == np.inf and np.isnan(e[-10]) and e[-9] == 1 and e[-8] == 1
     assert e[-7] == 0 and e[-6] == np.inf and e[-4] == 0 and e[-1] == re[-1]
     fin = np.isfinite(rl)
+
     assert (np.abs(lg[fin] - rl[fin]) <= np.spacing(np.abs(rl[fin]))).all()
     assert lg[-9] == -np.inf and lg[-8] == -np.inf and lg[-11] == np.inf and np.isnan(lg[-10])
     assert lg[-3] == rl[-3] and lg[-2] == rl[-2]   # subnormal inputs
+
+
+@pytest.mark.parametrize("dtype, name, lo, tol", [(F32, "exp_term32", -87.0, 2.5e-7),
+                                                  (F64, "exp_term64", -708.0, 2.3e-16)])
+def test_exp_term_domain_and_edges(dtype, name, lo, tol):
+    """exp(x - max) as a term of a row's sum: accurate on [lo, 0], a tiny constant (never 0,
+    never more than exp(lo)) below, NaN for NaN; compiled with the kernels' flags."""
+    fn = getattr(_math, name)
+
+    @numba.njit(fastmath=set(FASTMATH), error_model="numpy")
+    def run(a, e):
+        for i in range(a.size):
+            e[i] = fn(a[i])
+
+    rng = np.random.default_rng(2)
+    a = np.concatenate([rng.uniform(lo, 0, 300_000), rng.uniform(-1, 0, 100_000)]).astype(dtype)
+    special = np.array([0.0, -0.0, lo, lo - 1, -1e30, -np.inf, np.nan], dtype)
+    e = np.empty(a.size + special.size, dtype)
+    run(np.concatenate([a, special]), e)
+    want = np.exp(a.astype(np.float64))
+    assert (np.abs(e[:a.size] / want - 1) <= tol).all()
+    assert e[-7] == 1 and e[-6] == 1
+    tiny = e[-5:-1]
+    assert (tiny > 0).all() and (tiny <= np.exp(np.float64(lo)) * (1 + tol)).all()
+    assert np.isnan(e[-1])
 
 
 @pytest.mark.parametrize("to_f32, to_half", [("h2f", "f2h"), ("h2f_bits", "f2h_bits")])

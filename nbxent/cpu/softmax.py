@@ -38,7 +38,7 @@ from numba import prange
 
 from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import borrow as _b
-from nbxent.cpu._math import (cempty, cexp, clog, crow, cval, diff_add, fmax, is_half, load, srow,
+from nbxent.cpu._math import (cempty, cexp, cexp_term, clog, crow, cval, diff_add, fmax, is_half, load, srow,
                               store, sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
@@ -115,13 +115,21 @@ def _shift(row):
 
 @hjit()
 def _sumexp(row, m):
-    """sum(exp(row - m)) in float64: compute-dtype partial sums over blocks of _BLOCK."""
+    """sum(exp(row - m)) in float64: compute-dtype partial sums over blocks of _BLOCK.
+
+    m is _shift(row): other than 0, it is the row's finite max (or NaN), every x - m is
+    <= 0 or NaN and the sum has a term 1, the domain of the cheaper cexp_term. m == 0
+    (an infinite max, or a max of 0) takes the general exp."""
     n = row.size
     total = 0.0
     for b0 in range(0, n, _BLOCK):
         acc = cval(row, 0.0)
-        for c in range(b0, min(b0 + _BLOCK, n)):
-            acc += cexp(load(row, c) - m)
+        if m != 0.0:
+            for c in range(b0, min(b0 + _BLOCK, n)):
+                acc += cexp_term(load(row, c) - m)
+        else:
+            for c in range(b0, min(b0 + _BLOCK, n)):
+                acc += cexp(load(row, c) - m)
         total += acc
     return total
 
@@ -791,6 +799,9 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
     for c in range(C):
         for j in range(n):
             M[j] = fmax(M[j], T[c * R + j])
+    finite = True   # every row's max finite: x - M <= 0 (or NaN), cexp_term's domain
+    for j in range(n):
+        finite = finite and M[j] != np.inf and M[j] != -np.inf
     for j in range(n):
         M[j] = zero if (M[j] == np.inf or M[j] == -np.inf) else M[j]
     if eps > 0.0:
@@ -798,7 +809,11 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
             wc = w[c]
             for j in range(n):
                 D[j] += wc * (M[j] - T[c * R + j])
-    if mode == _FWD:
+    if mode == _FWD and finite:
+        for c in range(C):
+            for j in range(n):
+                S[j] += cexp_term(T[c * R + j] - M[j])
+    elif mode == _FWD:
         for c in range(C):
             for j in range(n):
                 S[j] += cexp(T[c * R + j] - M[j])
