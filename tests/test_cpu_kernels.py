@@ -333,6 +333,12 @@ CE_CASES = [
     (F32, (1, 201, 2), "C", np.int64, True, 0.1, 1e-3),
     (F32, (3, 7, 1), "C", np.int64, False, 0.0, 0.0),
     (F32, (1, 130, 16), "F", np.int64, True, 0.05, 0.0),
+    # two-class path (C = 2, no smoothing, no z-loss): contiguous over several work items
+    # and a partial one, strided, Fortran-ordered, every dtype
+    (F32, (1, 2 * K._PAIR_ROWS + 37, 2), "C", np.int64, True, 0.0, 0.0),
+    (F64, (2, 37, 2), "S", np.int32, False, 0.0, 0.0),
+    (F16, (1, 45, 2), "F", np.int64, True, 0.0, 0.0),
+    (F32, (3, 50, 2), "F", np.int64, False, 0.0, 0.0),
 ]
 
 
