@@ -895,6 +895,7 @@ def _small_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs,
 # the gradient is +-w_y s sigmoid(x_o - x_y). Rows are walked in place, two loads each.
 
 _PAIR_ROWS = _SMALL_R * _SMALL_CHUNK   # rows per parallel work item
+_PAIR_SUB = 1024                       # rows per label-coding sub-block
 
 
 @hjit(inline="always")
@@ -967,16 +968,29 @@ def _pair_loop(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
 
 @hjit()
 def _pair_block(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
-                g, gb, gr, gc, sc, sb, sr, mode):
-    if xr == 2 and xc == 1 and lr == 1 and orr == 1 and (mode == _FWD or (gr == 2 and gc == 1)):
-        # contiguous: views from offset 0 (LLVM leaves a loop indexed from a run-time
-        # offset scalar here: 30 against 5 ns per row)
-        gv = crow(g, gb, 2 * n if mode != _FWD else 0)
-        _pair_loop(crow(x, xb, 2 * n), 0, 2, 1, n, crow(lab, lb, n), 0, 1, w0, w1, ignore,
-                   crow(out, ob, n), 0, 1, gv, 0, 2, 1, srow(sc, sb, n, sr), 0, 1, mode)
-    else:
-        _pair_loop(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
-                   g, gb, gr, gc, sc, sb, sr, mode)
+                g, gb, gr, gc, sc, sb, sr, mode, codes):
+    """Rows [0, n) from offsets xb, lb, ob, gb, sb, in sub-blocks of codes.size rows whose
+    labels are first coded as int32 (0 or 1, 2 ignored, 3 out of range): with int64 labels
+    in the loop, LLVM vectorises it 4 lanes wide, with int32 8 lanes (1.6x)."""
+    contiguous = xr == 2 and xc == 1 and orr == 1 and (mode == _FWD or (gr == 2 and gc == 1))
+    ignored = np.int32(2)
+    for s0 in range(0, n, codes.size):
+        m = min(codes.size, n - s0)
+        for j in range(m):
+            y = lab[lb + (s0 + j) * lr]
+            codes[j] = ignored if y == ignore else (np.int32(y) if (y >= 0) & (y <= 1)
+                                                    else np.int32(3))
+        if contiguous:
+            # views from offset 0 (indexed from a run-time offset, LLVM leaves this loop
+            # scalar: 30 against 5 ns per row)
+            gv = crow(g, gb + 2 * s0, 2 * m if mode != _FWD else 0)
+            _pair_loop(crow(x, xb + 2 * s0, 2 * m), 0, 2, 1, m, codes, 0, 1, w0, w1, ignored,
+                       crow(out, ob + s0, m), 0, 1, gv, 0, 2, 1,
+                       srow(sc, sb + s0 * sr, m, sr), 0, 1, mode)
+        else:
+            _pair_loop(x, xb + s0 * xr, xr, xc, m, codes, 0, 1, w0, w1, ignored,
+                       out, ob + s0 * orr, orr, g, gb + s0 * gr, gr, gc,
+                       sc, sb + s0 * sr, sr, mode)
 
 
 @pjit()
@@ -988,11 +1002,12 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
     for i in prange(P * nqb):
         p = i // nqb
         q = (i - p * nqb) * R
+        codes = np.empty(_PAIR_SUB, np.int32)
         _pair_block(x, xs[0] + p * xs[1] + q * xs[2], xs[2], xs[3], min(R, Q - q),
                     lab, ls[0] + p * ls[1] + q * ls[2], ls[2], w0, w1, ignore,
                     out, os[0] + p * os[1] + q * os[2], os[2],
                     g, gs[0] + p * gs[1] + q * gs[2], gs[2], gs[3],
-                    sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode)
+                    sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode, codes)
 
 
 # ============================================================================ launchers
