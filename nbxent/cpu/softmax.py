@@ -1020,10 +1020,11 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # 3 <= C <= _SMALL_C, rows one contiguous run, no smoothing or z-loss. The losses come from
 # a kernel compiled per C (_few_loss_kernel): rows walked in place as for two classes, with
 # C a compile-time constant, so that LLVM unrolls the class loops and vectorises across
-# rows (interleaved loads), 2x the small-C kernel; its gradient pass too. Rows with an
-# infinite max are left to the general row code in a kernel of their own
-# (_few_fixup_kernel), compiled once for every C: code linked into the per-C kernel is
-# optimised again with every C (linking _ce_row in cost 6 s per C).
+# rows (interleaved loads), 2x the small-C kernel. Gradients (from each row's shift and
+# sum, which it keeps) and rows with an infinite max (the general row code) are functions
+# compiled once for every C: code linked into the per-C kernel is optimised again with
+# every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
+# closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
 
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
@@ -1039,66 +1040,38 @@ def _few_loss_kernel(C):
     return kernel
 
 
+@hjit()
+def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC):
+    """Gradients of rows [0, n) of a few-classes block from their shift SH and sum SS,
+    written over X: a new gradient is the logits copied first, then this (written
+    straight into another array LLVM left the loop scalar: 5x slower). A flagged row keeps
+    its logits, for _few_fixup_kernel. C is a run-time value here: one compiled copy."""
+    zero = cval(X, 0.0)
+    nan = cval(X, np.nan)
+    flag = cval(X, _FLAGGED)
+    for j in range(n):
+        code = codes[j]
+        k = cval(X, SC[j]) * WY[j]
+        kd = k / SS[j]
+        sh = SH[j]
+        row = crow(X, j * C, C)
+        if SS[j] == flag:
+            continue
+        if code >= C:
+            fill = zero if code == C else nan
+            for c in range(C):
+                store(row, c, fill)
+            continue
+        for c in range(C):
+            store(row, c, cexp(load(row, c) - sh) * kd)
+        store(row, code, load(row, code) - k)
+
+
 def _make_few_loss_kernel(C):
     # The loop is written out here, branch-free, with a per-row result for everything: a
     # helper inlined by Numba left it scalar (5x slower), a select over w[c] per class for
     # w_y too (6x: the weights come from a column filled beforehand), a running count of
     # flagged rows 2x (they are marked in SS instead).
-
-    @hjit()
-    def sub_block(X, n, codes, WY, O, SH, SS):
-        """Losses of rows [0, n) of the view X (n x C) into O, with their shift (SH) and
-        sum of exp(x - shift) (SS; _FLAGGED where the max is infinite); label codes C for
-        ignored rows and C + 1 for labels out of range; WY their w_y. Returns the number of
-        flagged rows."""
-        zero = cval(X, 0.0)
-        nan = cval(X, np.nan)
-        inf = cval(X, np.inf)
-        flag = cval(X, _FLAGGED)
-        for j in range(n):
-            code = codes[j]
-            m = cval(X, -np.inf)
-            for c in range(C):
-                m = fmax(m, load(X, j * C + c))
-            inf_max = (m == inf) | (m == -inf)    # NaN is not: its sum is NaN anyway
-            sh = zero if inf_max else m
-            s = zero
-            xy = zero
-            for c in range(C):
-                v = load(X, j * C + c)
-                s += cexp_term(v - sh)
-                xy = v if code == c else xy
-            loss = diff_add(sh, xy, clog(s))
-            loss = loss * WY[j]
-            loss = zero if code == C else loss
-            O[j] = nan if code > C else loss
-            SH[j] = sh
-            SS[j] = flag if inf_max else s
-        flagged = 0
-        for j in range(n):
-            flagged += 1 if SS[j] == flag else 0
-        return flagged
-
-    @hjit()
-    def grad_pass(X, n, codes, WY, SH, SS, SC):
-        """Gradients of rows [0, n) from their SH and SS, written over X: a new gradient is
-        the logits copied first, then this (written straight into another array the loop
-        stayed scalar: 5x slower). A flagged row keeps its logits, for _few_fixup_kernel."""
-        zero = cval(X, 0.0)
-        nan = cval(X, np.nan)
-        flag = cval(X, _FLAGGED)
-        for j in range(n):
-            code = codes[j]
-            k = cval(X, SC[j]) * WY[j]
-            kd = k / SS[j]
-            sh = SH[j]
-            flagged = SS[j] == flag
-            for c in range(C):
-                v = load(X, j * C + c)
-                gc = cexp(v - sh) * kd - (k if code == c else zero)
-                gc = v if flagged else gc
-                gc = zero if code == C else gc
-                store(X, j * C + c, nan if code > C else gc)
 
     @pjit()
     def kernel(x, xb, N, lab, lb, lr, w, ignore, out, ob, g, gb, sc, sb, sr, mode):
@@ -1108,6 +1081,10 @@ def _make_few_loss_kernel(C):
         nsub = (N + _FEW_SUB - 1) // _FEW_SUB
         nitem = (nsub + _FEW_ITEM - 1) // _FEW_ITEM
         flagged = np.zeros(nitem, np.int64)
+        zero = cval(x, 0.0)
+        nan = cval(x, np.nan)
+        inf = cval(x, np.inf)
+        flag = cval(x, _FLAGGED)
         for i in prange(nitem):
             codes = np.empty(_FEW_SUB, np.int32)
             WY = cempty(x, _FEW_SUB)
@@ -1123,13 +1100,34 @@ def _make_few_loss_kernel(C):
                         np.int32(y) if ok else np.int32(C + 1))
                     WY[j] = w[y if ok else 0]
                 X = crow(x, xb + r0 * C, n * C)
-                flagged[i] += sub_block(X, n, codes, WY, crow(out, ob + r0, n), SH, SS)
-                if mode == _INPLACE:
-                    grad_pass(X, n, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
-                elif mode == _GRAD:
+                O = crow(out, ob + r0, n)
+                for j in range(n):
+                    code = codes[j]
+                    m = cval(X, -np.inf)
+                    for c in range(C):
+                        m = fmax(m, load(X, j * C + c))
+                    inf_max = (m == inf) | (m == -inf)    # NaN is not: its sum is NaN
+                    sh = zero if inf_max else m
+                    s = zero
+                    xy = zero
+                    for c in range(C):
+                        v = load(X, j * C + c)
+                        s += cexp_term(v - sh)
+                        xy = v if code == c else xy
+                    loss = diff_add(sh, xy, clog(s))
+                    loss = loss * WY[j]
+                    loss = zero if code == C else loss
+                    O[j] = nan if code > C else loss
+                    SH[j] = sh
+                    SS[j] = flag if inf_max else s
+                for j in range(n):
+                    flagged[i] += 1 if SS[j] == flag else 0
+                if mode == _GRAD:   # the logits copied, then the in-place pass over them
                     G = crow(g, gb + r0 * C, n * C)
                     G[:] = X
-                    grad_pass(G, n, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
+                    _few_grad_pass(G, n, C, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
+                elif mode == _INPLACE:
+                    _few_grad_pass(X, n, C, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
         return flagged.sum()
 
     return kernel
@@ -1321,7 +1319,9 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     w, W = _weights(weight, C, loss_out.dtype)
     args = (xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
             float(z_loss), ob, os, gb, gs, sb, ss, mode)
-    if C == 2 and smoothing == 0 and z_loss == 0:
+    if C == 2 and smoothing == 0 and z_loss == 0 and xb.dtype != np.float64:
+        # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
+        # vectorised exp64/log64, is 2x faster there)
         _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os, gb, gs, sb, ss, mode)
     elif 3 <= C <= _SMALL_C and smoothing == 0 and z_loss == 0 and \
             (run := _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)):
