@@ -23,7 +23,7 @@ Small C (C <= `_SMALL_C`, unit class stride; cross_entropy only): blocks of
 loss, gradient) is vectorised across rows; C stays a runtime value (one compilation).
 Without label smoothing and z-loss two cases go faster: C == 2 (`_pair_kernel`: the loss
 is softplus(x_other - x_y), rows read in place) and, for rows that are one contiguous run,
-3 <= C <= `_SMALL_C` (`_few_loss_kernel`: compiled once per C, rows read in place with C a
+3 <= C <= `_FEW_C` (`_few_loss_kernel`: compiled once per C, rows read in place with C a
 compile-time constant).
 
 Determinism: per-row results depend only on the row (and which of those kernels its call
@@ -1017,7 +1017,7 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 
 
 # ============================================================================ few classes
-# 3 <= C <= _SMALL_C, rows one contiguous run, no smoothing or z-loss. The losses come from
+# 3 <= C <= _FEW_C, rows one contiguous run, no smoothing or z-loss. The losses come from
 # a kernel compiled per C (_few_loss_kernel): rows walked in place as for two classes, with
 # C a compile-time constant, so that LLVM unrolls the class loops and vectorises across
 # rows (interleaved loads), 2x the small-C kernel. Gradients (from each row's shift and
@@ -1026,6 +1026,9 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
 # closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
 
+# The largest C taken: from 11 on LLVM leaves the class loops rolled and stops vectorising
+# across rows (1000000 x 11-16: 0.22-0.28 elements/ns, a third of the small-C kernel).
+_FEW_C = 10
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
@@ -1323,7 +1326,7 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
         # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
         # vectorised exp64/log64, is 2x faster there)
         _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os, gb, gs, sb, ss, mode)
-    elif 3 <= C <= _SMALL_C and smoothing == 0 and z_loss == 0 and \
+    elif 3 <= C <= _FEW_C and smoothing == 0 and z_loss == 0 and \
             (run := _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)):
         _few_classes(xb, xs[0], P * Q, C, lb, ls[0], run[0], w, int(ignore_index), ob, os[0],
                      gb, gs[0], sb, ss[0], run[1], mode)
