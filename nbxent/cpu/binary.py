@@ -301,12 +301,12 @@ def _bce_block(p, t, w, lo, hi, out, n, write):
     total = 0.0
     if write:
         for i in range(n):
-            out[i] = _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * w[i]
+            store(out, i, _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * load(w, i))
     else:
         for s in range(0, n, _S):
             acc = zero
             for i in range(s, min(s + _S, n)):
-                acc = _radd(acc, _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * w[i])
+                acc = _radd(acc, _bce_value(load(p, i), load(t, i), lo, hi, one, m100) * load(w, i))
             total += acc
     return total
 
@@ -318,12 +318,13 @@ def _logits_block(x, t, w, pw, out, n, write):
     total = 0.0
     if write:
         for i in range(n):
-            out[i] = _logits_loss(load(x, i), load(t, i), pw[i], one, zero) * w[i]
+            store(out, i, _logits_loss(load(x, i), load(t, i), load(pw, i), one, zero) * load(w, i))
     else:
         for s in range(0, n, _S):
             acc = zero
             for i in range(s, min(s + _S, n)):
-                acc = _radd(acc, _logits_loss(load(x, i), load(t, i), pw[i], one, zero) * w[i])
+                acc = _radd(acc, _logits_loss(load(x, i), load(t, i), load(pw, i), one, zero)
+                            * load(w, i))
             total += acc
     return total
 
@@ -336,17 +337,17 @@ def _logits_grad_block(x, t, w, pw, out, n, write, g, gs):
     if write:
         for i in range(n):
             xv = load(x, i)
-            loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
-            out[i] = loss * w[i]
-            store(g, i, grad * (w[i] * gs[i]))
+            loss, grad = _logits_loss_grad(xv, load(t, i), load(pw, i), one, zero)
+            store(out, i, loss * load(w, i))
+            store(g, i, grad * (load(w, i) * load(gs, i)))
     else:
         for s in range(0, n, _S):
             acc = zero
             for i in range(s, min(s + _S, n)):
                 xv = load(x, i)
-                loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
-                acc = _radd(acc, loss * w[i])
-                store(g, i, grad * (w[i] * gs[i]))
+                loss, grad = _logits_loss_grad(xv, load(t, i), load(pw, i), one, zero)
+                acc = _radd(acc, loss * load(w, i))
+                store(g, i, grad * (load(w, i) * load(gs, i)))
             total += acc
     return total
 
@@ -361,17 +362,17 @@ def _logits_inplace_block(x, t, w, pw, out, n, write, gs):
     if write:
         for i in range(n):
             xv = load(x, i)
-            loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
-            out[i] = loss * w[i]
-            store(x, i, grad * (w[i] * gs[i]))
+            loss, grad = _logits_loss_grad(xv, load(t, i), load(pw, i), one, zero)
+            store(out, i, loss * load(w, i))
+            store(x, i, grad * (load(w, i) * load(gs, i)))
     else:
         for s in range(0, n, _S):
             acc = zero
             for i in range(s, min(s + _S, n)):
                 xv = load(x, i)
-                loss, grad = _logits_loss_grad(xv, load(t, i), pw[i], one, zero)
-                acc = _radd(acc, loss * w[i])
-                store(x, i, grad * (w[i] * gs[i]))
+                loss, grad = _logits_loss_grad(xv, load(t, i), load(pw, i), one, zero)
+                acc = _radd(acc, loss * load(w, i))
+                store(x, i, grad * (load(w, i) * load(gs, i)))
             total += acc
     return total
 
@@ -381,8 +382,8 @@ def _focal_loop(x, t, alpha, gamma, gmode, use_alpha, out, n, write, one, zero):
     total = 0.0
     if write:
         for i in range(n):
-            out[i] = _focal_value(load(x, i), load(t, i), alpha, gamma, gmode, use_alpha,
-                                  one, zero)
+            store(out, i, _focal_value(load(x, i), load(t, i), alpha, gamma, gmode,
+                                       use_alpha, one, zero))
     else:
         for s in range(0, n, _S):
             acc = zero
@@ -438,9 +439,9 @@ def _bview(buf, inner, period, base, n, scratch):
     j = 0
     while j < n:
         run = min(inner - pos, n - j)
-        v = buf[idx % period]
+        v = load(buf, idx % period)
         for k in range(run):
-            scratch[j + k] = v
+            store(scratch, j + k, v)
         j += run
         idx += 1
         pos = 0
