@@ -9,12 +9,16 @@ handed to the row helpers as a borrowed contiguous view (`crow`, vectorised); ot
 are gathered into contiguous scratch and their results scattered back, so the row helpers
 compile for one layout only. Kernels `borrow` their array arguments (views without a
 reference count): per-row helper calls then cost no atomic reference counting on cache
-lines shared between threads (which made 2 threads slower than 1).
+lines shared between threads (which made 2 threads slower than 1). Arrays are indexed
+through `at`/`put` (`load`/`store` for logits-dtype buffers), never `a[i]`: Numba's
+negative-index wraparound made LLVM vectorise the row loops with gathers (2-2.5x slower on
+AVX-512).
 
 Per row (large-C path): pass 1 the max m (replaced by 0 when infinite, as PyTorch does);
 pass 2 sum(exp(x - m)) in float32 vector partial sums over blocks of `_BLOCK` elements,
-blocks accumulated in float64; lse = m + log(sum) in float64; pass 3 (softmax, log_softmax,
-gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`. exp(x - m) rather than
+blocks accumulated in float64 (cross-entropy and softmax: `_exp_sums`, in an order fixed
+by its source, keeping each exp(x - m) for pass 3); lse = m + log(sum) in float64; pass 3
+(softmax, log_softmax, gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`. exp(x - m) rather than
 exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
 (exp(NaN) = NaN) and so every result of that row.
 
@@ -43,12 +47,13 @@ import numpy as np
 from numba import prange
 
 from nbxent._config import hjit, jit, pjit
-from nbxent.cpu._math import borrow as _b
+from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
-from nbxent.cpu._math import (cempty, cexp, cexp_term, clog, crow, cval, diff_add, fmax, is_half, load, srow,
-                              store, sub2)
+from nbxent.cpu._math import (at, cempty, cexp, cexp_term, clog, compute_or, crow, cval,
+                              diff_add, fmax, is_half, load, put, srow, store, sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
+_LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
 _RED_BLOCK = 16384   # rows per partial of sum_rows/label_stats (fixed: thread-count free)
 _SMALL_C = 16        # cross_entropy with C <= _SMALL_C is vectorised across rows
 _SMALL_R = 256       # rows per transposed block on the small-C path
@@ -148,21 +153,14 @@ def _lse(row):
 
 
 @hjit()
-def _softmax_row(row, orow):
-    m = _shift(row)
-    # in place (orow is row), the storing sum pass below would run scalar: another order of
-    # summation, so other bits than an out-of-place call
-    if is_half(orow) or orow.ctypes.data == row.ctypes.data:
-        k = cval(row, 1.0 / _sumexp(row, m))
-        for c in range(row.size):
-            store(orow, c, cexp(load(row, c) - m) * k)
-        return
-    # float32/float64: the sum pass leaves exp(x - m) in orow, the second pass scales it
-    # (one exp per element; the same values as recomputing it)
-    total, _ = _sumexp_into(row, orow, m, orow, False)   # (w unused without smoothing)
-    k = cval(row, 1.0 / total)
-    for c in range(row.size):
-        orow[c] = orow[c] * k
+def _softmax_row(row, orow, scratch, lanes):
+    """softmax of `row` into `orow` (which may be `row` itself): the sum pass leaves
+    exp(x - m) in orow (float32/float64 out of place) or in `scratch` (a row of the compute
+    dtype: in place, float16), the second pass scales it. One exp per element, and the
+    same bits in place and out of place (the same sum loop). `lanes`: see _exp_sums."""
+    ebuf = scratch if orow.ctypes.data == row.ctypes.data else compute_or(orow, scratch)
+    _, total, _ = _exp_sums(row, ebuf, False, ebuf, False, lanes)   # (w unused: no smoothing)
+    _rescale(ebuf, orow, 1.0 / total, 0.0, ebuf)
 
 
 @hjit()
@@ -171,24 +169,6 @@ def _log_softmax_row(row, orow):
     lg = cval(row, math.log(_sumexp(row, m)))
     for c in range(row.size):
         store(orow, c, sub2(load(row, c), m, lg))
-
-
-@hjit()
-def _sumexp_wd(row, m, w):
-    """(sum(exp(row - m)), sum(w * (m - row))) in float64."""
-    n = row.size
-    total = 0.0
-    sd = 0.0
-    for b0 in range(0, n, _BLOCK):
-        acc = cval(row, 0.0)
-        accd = cval(row, 0.0)
-        for c in range(b0, min(b0 + _BLOCK, n)):
-            v = load(row, c)
-            acc += cexp(v - m)
-            accd += w[c] * (m - v)
-        total += acc
-        sd += accd
-    return total, sd
 
 
 @hjit()
@@ -207,7 +187,7 @@ def _sumexp_soft(row, prow, m, w, a, b):
         for c in range(b0, min(b0 + _BLOCK, n)):
             v = load(row, c)
             t = a * load(prow, c) + b
-            wt = w[c] * t
+            wt = at(w, c) * t
             acc += cexp(v - m)
             acct += wt
             accu += zero if t == zero else wt * (m - v)
@@ -215,26 +195,6 @@ def _sumexp_soft(row, prow, m, w, a, b):
         tt += acct
         uu += accu
     return total, tt, uu
-
-
-def _make_grad_writer(inplace):
-    """g_c = exp(x_c - m) * k1 - k2 * w_c (no k2 term when k2 == 0), written into `grow`,
-    or over `row` itself when `inplace` (a separate compiled function: with two array
-    arguments LLVM's alias check fails when they coincide and it runs scalar code)."""
-
-    @hjit()
-    def write(row, grow, m, k1, k2, w):
-        dst = row if inplace else grow
-        k1 = cval(row, k1)
-        k2 = cval(row, k2)
-        if k2 == 0.0:
-            for c in range(row.size):
-                store(dst, c, cexp(load(row, c) - m) * k1)
-        else:
-            for c in range(row.size):
-                store(dst, c, cexp(load(row, c) - m) * k1 - k2 * w[c])
-
-    return write
 
 
 def _make_soft_grad_writer(inplace):
@@ -247,96 +207,144 @@ def _make_soft_grad_writer(inplace):
         sa = cval(row, s * a)
         sb = cval(row, s * b)
         for c in range(row.size):
-            store(dst, c, cexp(load(row, c) - m) * k1 - w[c] * (sa * load(prow, c) + sb))
+            store(dst, c, cexp(load(row, c) - m) * k1 - at(w, c) * (sa * load(prow, c) + sb))
 
     return write
 
 
-@hjit()
-def _sumexp_into(row, grow, m, w, with_d):
-    """(sum(exp(row - m)), sum(w * (m - row)) when `with_d`, else 0) in float64 as _sumexp
-    and _sumexp_wd (same blocks, same order), also writing exp(row - m) into `grow` for
-    `_rescale`: the gradient then costs one exp per element, not two. Only for float32 and
-    float64 rows (float16 would round the stored exp) and a `grow` other than `row`
-    (written over `row` itself the loop measured 7x slower: LLVM left it scalar; in-place
-    gradients keep the exps in a scratch row instead)."""
+@hjit(fastmath=set(STRICT))
+def _exp_sums(row, w, with_d, ebuf, blockwise, lanes):
+    """(m, sum(exp(row - m)), sum(w * (m - row)) when `with_d`, else 0) of one row: m its
+    shift (as _shift), the sums in float64. Leaves each e_c = exp(x_c - m) in `ebuf`
+    (compute dtype) at c, or at c % _BLOCK when `blockwise` (ebuf then a scratch of
+    _BLOCK: the forward, which needs no e_c). `lanes`: a scratch of 2 * _LANES.
+
+    The order of the sums is this source's, whatever LLVM makes of it: compiled without
+    'reassoc', each block of _BLOCK elements is summed in _LANES partial sums (lane l takes
+    elements l, l + _LANES, ... in turn; vectorised across lanes), the lanes are added
+    pairwise in a fixed order (_fold), and the blocks in order in float64. So a row's
+    loss has the same bits in cross_entropy's forward, fused and in-place calls, in
+    `score`, and softmax in place and out of place, whatever LLVM inlines, unswitches or
+    vectorises in each caller (with reassociated sums, a forward and a fused call
+    differed in the last bit on AVX-512).
+
+    Rows with a finite max use cexp_term: e_c below its floor (exp(-87) float32,
+    exp(-708) float64) hold the floor, and `_rescale` makes them 0. Rows with an infinite
+    max (m = 0, PyTorch's shift) take the general exp in one sequential loop (rare)."""
     n = row.size
+    mx = _row_max(row)
+    zero = cval(row, 0.0)
     total = 0.0
     sd = 0.0
+    if mx == np.inf or mx == -np.inf:
+        for c in range(n):
+            v = load(row, c)
+            e = cexp(v)
+            put(ebuf, c % _BLOCK if blockwise else c, e)
+            total += float(e)
+            if with_d:
+                sd += float(at(w, c)) * (0.0 - float(v))
+        return zero, total, sd
+    m = mx
+    A = crow(lanes, 0, _LANES)
+    D = crow(lanes, _LANES, _LANES)
     for b0 in range(0, n, _BLOCK):
-        acc = cval(row, 0.0)
-        accd = cval(row, 0.0)
+        nb = min(_BLOCK, n - b0)
+        nv = nb - nb % _LANES
+        o = 0 if blockwise else b0
+        for l in range(_LANES):
+            put(A, l, zero)
+            put(D, l, zero)
         if with_d:
-            for c in range(b0, min(b0 + _BLOCK, n)):
-                v = load(row, c)
-                e = cexp(v - m)
-                grow[c] = e
-                acc += e
-                accd += w[c] * (m - v)
+            for i in range(0, nv, _LANES):
+                for l in range(_LANES):
+                    v = load(row, b0 + i + l)
+                    e = cexp_term(v - m)
+                    put(ebuf, o + i + l, e)
+                    put(A, l, at(A, l) + e)
+                    put(D, l, at(D, l) + at(w, b0 + i + l) * (m - v))
+            for i in range(nv, nb):
+                v = load(row, b0 + i)
+                e = cexp_term(v - m)
+                put(ebuf, o + i, e)
+                put(A, i - nv, at(A, i - nv) + e)
+                put(D, i - nv, at(D, i - nv) + at(w, b0 + i) * (m - v))
         else:
-            for c in range(b0, min(b0 + _BLOCK, n)):
-                e = cexp(load(row, c) - m)
-                grow[c] = e
-                acc += e
-        total += acc
-        sd += accd
-    return total, sd
+            for i in range(0, nv, _LANES):
+                for l in range(_LANES):
+                    e = cexp_term(load(row, b0 + i + l) - m)
+                    put(ebuf, o + i + l, e)
+                    put(A, l, at(A, l) + e)
+            for i in range(nv, nb):
+                e = cexp_term(load(row, b0 + i) - m)
+                put(ebuf, o + i, e)
+                put(A, i - nv, at(A, i - nv) + e)
+        total += _fold(A)
+        if with_d:
+            sd += _fold(D)
+    return m, total, sd
+
+
+@hjit(fastmath=set(STRICT))
+def _fold(A):
+    """The sum of the _LANES partial sums in A, added pairwise in a fixed order (lane l
+    and lane l + h, for h = _LANES / 2, ..., 1: vectorised, and 5 dependent adds rather
+    than 32). Overwrites A."""
+    h = _LANES // 2
+    while h > 0:
+        for l in range(h):
+            put(A, l, at(A, l) + at(A, l + h))
+        h //= 2
+    return float(at(A, 0))
 
 
 @hjit()
-def _rescale_from(src, dst, k1, k2, w):
-    """dst_c = e_c * k1 - k2 * w_c with the e_c in `src` (a scratch row): the in-place
-    gradient (dst is the logits row). A separate function from `_rescale`: with src and dst
-    the same array LLVM's alias check fails and the loop runs scalar."""
-    k1 = cval(src, k1)
-    k2 = cval(src, k2)
-    if k2 == 0.0:
-        for c in range(src.size):
-            store(dst, c, src[c] * k1)
+def _rescale(ebuf, dst, k1, k2, w):
+    """dst_c = e_c k1 - k2 w_c (no w term when k2 == 0) over the e_c that _exp_sums left
+    in `ebuf`, e_c at or below cexp_term's floor taken as 0 (NaN stays NaN). `ebuf` may be
+    `dst` itself (a new float32/float64 gradient or softmax): that case indexes one array
+    only (with two views of the same memory LLVM's alias check fails and the loop runs
+    scalar)."""
+    k1 = cval(ebuf, k1)
+    k2 = cval(ebuf, k2)
+    zero = cval(ebuf, 0.0)
+    floor = cexp_term(cval(ebuf, -np.inf))
+    n = dst.size
+    if ebuf.ctypes.data == dst.ctypes.data:
+        if k2 == 0.0:
+            for c in range(n):
+                e = load(dst, c)
+                store(dst, c, (zero if e <= floor else e) * k1)
+        else:
+            for c in range(n):
+                e = load(dst, c)
+                store(dst, c, (zero if e <= floor else e) * k1 - k2 * at(w, c))
+    elif k2 == 0.0:
+        for c in range(n):
+            e = at(ebuf, c)
+            store(dst, c, (zero if e <= floor else e) * k1)
     else:
-        for c in range(src.size):
-            store(dst, c, src[c] * k1 - k2 * w[c])
+        for c in range(n):
+            e = at(ebuf, c)
+            store(dst, c, (zero if e <= floor else e) * k1 - k2 * at(w, c))
 
 
-@hjit()
-def _rescale(grow, k1, k2, w):
-    """g_c = e_c * k1 - k2 * w_c over the e_c = exp(x_c - m) that _sumexp_into left in
-    `grow`: bit for bit what _grad_out computes from x_c."""
-    k1 = cval(grow, k1)
-    k2 = cval(grow, k2)
-    if k2 == 0.0:
-        for c in range(grow.size):
-            grow[c] = grow[c] * k1
-    else:
-        for c in range(grow.size):
-            grow[c] = grow[c] * k1 - k2 * w[c]
-
-
-_grad_out = _make_grad_writer(False)
-_grad_in = _make_grad_writer(True)
 _soft_grad_out = _make_soft_grad_writer(False)
 _soft_grad_in = _make_soft_grad_writer(True)
 
 
 @hjit()
-def _ce_row(row, grow, y, w, W, eps, z, s, mode):
+def _ce_row(row, ebuf, lanes, grow, y, w, W, eps, z, s, mode):
     """Loss of one labelled row (float64); writes its gradient unless mode == _FWD: into
-    grow (_GRAD) or over row (_INPLACE; grow is then a scratch row, except for float16)."""
+    grow (_GRAD) or over row (_INPLACE). `ebuf` receives the row's exps (_exp_sums): a
+    scratch of _BLOCK for _FWD, else grow itself (a float32/float64 _GRAD) or a scratch
+    row of the compute dtype (in place, float16); `lanes` is _exp_sums' scratch."""
     C = row.size
-    m = _shift(row)
-    sd = 0.0
-    # with a gradient (not float16) the sum pass keeps exp(x - m) in grow for the gradient
-    stored = mode != _FWD and not is_half(row)
-    if stored:
-        total, sd = _sumexp_into(row, grow, m, w, eps > 0.0)
-    elif eps > 0.0:
-        total, sd = _sumexp_wd(row, m, w)
-    else:
-        total = _sumexp(row, m)
+    m, total, sd = _exp_sums(row, w, eps > 0.0, ebuf, mode == _FWD, lanes)
     lg = math.log(total)
     lse = m + lg
     xy = load(row, y)
-    wy = float(w[y])
+    wy = float(at(w, y))
     loss = (1.0 - eps) * wy * diff_add(float(m), float(xy), lg)   # lse - x_y, accurately
     if eps > 0.0:
         loss += eps / C * (W * lg + sd)
@@ -350,18 +358,9 @@ def _ce_row(row, grow, y, w, W, eps, z, s, mode):
     k1 = s * a / total
     k2 = s * eps / C if eps > 0.0 else 0.0
     gy = float(cexp(xy - m)) * k1 - (k2 + s * (1.0 - eps)) * wy
-    if mode == _INPLACE:
-        if stored:
-            _rescale_from(grow, row, k1, k2, w)
-        else:
-            _grad_in(row, row, m, k1, k2, w)
-        store(row, y, gy)
-    else:
-        if stored:
-            _rescale(grow, k1, k2, w)
-        else:
-            _grad_out(row, grow, m, k1, k2, w)
-        store(grow, y, gy)
+    dst = row if mode == _INPLACE else grow
+    _rescale(ebuf, dst, k1, k2, w)
+    store(dst, y, gy)
     return loss
 
 
@@ -399,14 +398,14 @@ def _soft_row(row, prow, grow, w, eps, z, s, mode):
 @hjit()
 def _gather(buf, b, n, step, dst):
     for c in range(n):
-        dst[c] = buf[b + c * step]
+        put(dst, c, at(buf, b + c * step))
     return dst
 
 
 @hjit()
 def _scatter(src, buf, b, step):
     for c in range(src.size):
-        buf[b + c * step] = src[c]
+        put(buf, b + c * step, at(src, c))
 
 
 @hjit()
@@ -422,6 +421,8 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
     strided = xs[3] != 1 or (mode != _LSE and os[3] != 1)
     tx = np.empty(C if strided else 0, x.dtype)
     to = np.empty(C if strided and mode != _LSE else 0, out.dtype)
+    te = cempty(x, C if mode == _SOFTMAX else 0)   # softmax's exps, in place or float16
+    lanes = cempty(x, 2 * _LANES)
     for _ in range(r0, r1):
         b = xs[0] + p * xs[1] + q * xs[2]
         ob = os[0] + p * os[1] + q * os[2]
@@ -431,7 +432,7 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
         else:
             orow = to if strided else crow(out, ob, C)
             if mode == _SOFTMAX:
-                _softmax_row(row, orow)
+                _softmax_row(row, orow, te, lanes)
             else:
                 _log_softmax_row(row, orow)
             if strided:
@@ -458,9 +459,11 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
     strided = xs[3] != 1 or (mode != _FWD and gs[3] != 1)
     tx = np.empty(C if strided else 0, x.dtype)
     tg = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
-    te = np.empty(C if mode == _INPLACE and not is_half(x) else 0, x.dtype)  # see _ce_row
+    # the exps of _ce_row: a block for the forward, a row where grow cannot hold them
+    te = cempty(x, _BLOCK if mode == _FWD else (C if mode == _INPLACE or is_half(x) else 0))
+    lanes = cempty(x, 2 * _LANES)
     for _ in range(r0, r1):
-        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         b = xs[0] + p * xs[1] + q * xs[2]
         gb = gs[0] + p * gs[1] + q * gs[2]
         loss = 0.0
@@ -472,13 +475,14 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
             if mode != _FWD:
                 _fill(g, gb, C, gs[3], cval(x, np.nan))
         else:
-            s = sc[ss[0] + p * ss[1] + q * ss[2]]
+            s = at(sc, ss[0] + p * ss[1] + q * ss[2])
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-            grow = te if mode == _INPLACE else (tg if strided else crow(g, gb, C))
-            loss = _ce_row(row, grow, y, w, W, eps, z, s, mode)
+            grow = tg if strided else crow(g, gb, C)
+            ebuf = te if mode != _GRAD else compute_or(grow, te)
+            loss = _ce_row(row, ebuf, lanes, grow, y, w, W, eps, z, s, mode)
             if strided and mode != _FWD:
                 _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
-        out[os[0] + p * os[1] + q * os[2]] = loss
+        put(out, os[0] + p * os[1] + q * os[2], loss)
         q += 1
         if q == Q:
             q = 0
@@ -507,11 +511,11 @@ def _soft_chunk(x, xs, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode, r0
         b = xs[0] + p * xs[1] + q * xs[2]
         pb = ps[0] + p * ps[1] + q * ps[2]
         gb = gs[0] + p * gs[1] + q * gs[2]
-        s = sc[ss[0] + p * ss[1] + q * ss[2]]
+        s = at(sc, ss[0] + p * ss[1] + q * ss[2])
         row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
         prow = _gather(pr, pb, C, ps[3], tp) if strided else crow(pr, pb, C)
         grow = tg if strided else crow(g, gb, C)
-        out[os[0] + p * os[1] + q * os[2]] = _soft_row(row, prow, grow, w, eps, z, s, mode)
+        put(out, os[0] + p * os[1] + q * os[2], _soft_row(row, prow, grow, w, eps, z, s, mode))
         if strided and mode != _FWD:
             _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
         q += 1
@@ -534,15 +538,15 @@ def _nll_kernel(x, xs, P, Q, C, lab, ls, w, ignore, out, os):
     # serial: one gathered element per row, memory-latency bound
     for p in range(P):
         for q in range(Q):
-            y = lab[ls[0] + p * ls[1] + q * ls[2]]
+            y = at(lab, ls[0] + p * ls[1] + q * ls[2])
             loss = 0.0
             if y != ignore:
                 if y < 0 or y >= C:   # unchecked label (check=False)
                     loss = np.nan
                 else:
                     v = float(load(x, xs[0] + p * xs[1] + q * xs[2] + y * xs[3]))
-                    loss = -float(w[y]) * v
-            out[os[0] + p * os[1] + q * os[2]] = loss
+                    loss = -float(at(w, y)) * v
+            put(out, os[0] + p * os[1] + q * os[2], loss)
 
 
 @hjit()
@@ -574,13 +578,13 @@ def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
     strided = xs[3] != 1
     tx = np.empty(C if strided else 0, x.dtype)
     for _ in range(r0, r1):
-        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         hit = 0
         if y != ignore and 0 <= y < C:   # out of range only unchecked (check=False): a miss
             b = xs[0] + p * xs[1] + q * xs[2]
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
             hit = _top1_row(row, y)
-        hits[hs[0] + p * hs[1] + q * hs[2]] = hit
+        put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
         q += 1
         if q == Q:
             q = 0
@@ -603,8 +607,10 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
     q = r0 - p * Q
     strided = xs[3] != 1
     tx = np.empty(C if strided else 0, x.dtype)
+    te = cempty(x, _BLOCK)   # _ce_row's exps
+    lanes = cempty(x, 2 * _LANES)
     for _ in range(r0, r1):
-        y = lab[ls[0] + p * ls[1] + q * ls[2]]
+        y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         loss = 0.0
         hit = 0
         if y != ignore:
@@ -613,10 +619,10 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
             else:
                 b = xs[0] + p * xs[1] + q * xs[2]
                 row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-                loss = _ce_row(row, row, y, w, W, eps, z, 1.0, _FWD)
+                loss = _ce_row(row, te, lanes, row, y, w, W, eps, z, 1.0, _FWD)
                 hit = _top1_row(row, y)
-        out[os[0] + p * os[1] + q * os[2]] = loss
-        hits[hs[0] + p * hs[1] + q * hs[2]] = hit
+        put(out, os[0] + p * os[1] + q * os[2], loss)
+        put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
         q += 1
         if q == Q:
             q = 0
@@ -646,14 +652,14 @@ def _label_seg(seg, C, ignore, w):
     bad = 0
     tot = 0.0
     for i in range(seg.size):
-        y = seg[i]
+        y = at(seg, i)
         inr = (y >= 0) & (y < C)
         bad += 0 if (inr | (y == ignore)) else 1
         ok = inr & (y != ignore)
         if w.size == 0:
             tot += 1.0 if ok else 0.0
         else:
-            tot += float(w[y if ok else 0]) if ok else 0.0
+            tot += float(at(w, y if ok else 0)) if ok else 0.0
     return bad, tot
 
 
@@ -674,7 +680,7 @@ def _label_block(lab, ls, Q, n, C, ignore, w, k):
         tot += t
         if bad > 0 and first < 0:
             for i in range(m):
-                y = lab[b + i * ls[2]]
+                y = at(lab, b + i * ls[2])
                 if y != ignore and not (0 <= y < C):
                     first = r + i
                     break
@@ -692,13 +698,15 @@ def _label_stats_kernel(lab, ls, P, Q, C, ignore, w):
     firsts = np.empty(nblk, np.int64)
     partials = np.empty(nblk, np.float64)
     for k in prange(nblk):
-        firsts[k], partials[k] = _label_block(lab, ls, Q, n, C, ignore, w, k)
+        first, part = _label_block(lab, ls, Q, n, C, ignore, w, k)
+        put(firsts, k, first)
+        put(partials, k, part)
     first_bad = -1
     total = 0.0
     for k in range(nblk):
-        total += partials[k]
-        if first_bad < 0 and firsts[k] >= 0:
-            first_bad = firsts[k]
+        total += at(partials, k)
+        if first_bad < 0 and at(firsts, k) >= 0:
+            first_bad = at(firsts, k)
     return first_bad, total
 
 
@@ -714,10 +722,10 @@ def _sum_block(v, vs, Q, n, k):
         if vs[2] == 1:
             seg = crow(v, b, m)
             for i in range(m):
-                acc += seg[i]
+                acc += at(seg, i)
         else:
             for i in range(m):
-                acc += v[b + i * vs[2]]
+                acc += at(v, b + i * vs[2])
         r += m
         q = 0
         p += 1
@@ -731,10 +739,10 @@ def _sum_kernel(v, vs, P, Q):
     nblk = (n + _RED_BLOCK - 1) // _RED_BLOCK
     partials = np.empty(nblk, np.float64)
     for k in prange(nblk):
-        partials[k] = _sum_block(v, vs, Q, n, k)
+        put(partials, k, _sum_block(v, vs, Q, n, k))
     total = 0.0
     for k in range(nblk):
-        total += partials[k]
+        total += at(partials, k)
     return total
 
 
@@ -748,13 +756,13 @@ def _small_labels(labels, n, T, XY, WY, OK, w, ignore):
     R = _SMALL_R
     C = T.size // R
     for j in range(n):
-        y = labels[j]
+        y = at(labels, j)
         ok = y != ignore
         bad = ok and (y < 0 or y >= C)
         yy = y if ok and not bad else 0
-        XY[j] = cval(T, np.nan) if bad else T[yy * R + j]
-        WY[j] = w[yy] if ok else cval(T, 0.0)
-        OK[j] = cval(T, 1.0) if ok else cval(T, 0.0)
+        put(XY, j, cval(T, np.nan) if bad else at(T, yy * R + j))
+        put(WY, j, at(w, yy) if ok else cval(T, 0.0))
+        put(OK, j, cval(T, 1.0) if ok else cval(T, 0.0))
 
 
 _SMALL_VECS = 10  # per-row scratch vectors of _small_block after the C class vectors
@@ -785,93 +793,96 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
         # halves per instruction, but one at a time in the strided transpose below
         U = crow(scratch, (C + _SMALL_VECS) * R, n * C)
         for i in range(n * C):
-            U[i] = load(x, xb + i)
+            put(U, i, load(x, xb + i))
         for c in range(C):
             for j in range(n):
-                T[c * R + j] = U[j * C + c]
+                put(T, c * R + j, at(U, j * C + c))
     else:
         for c in range(C):
             for j in range(n):
-                T[c * R + j] = load(x, xb + j * xr + c)
+                put(T, c * R + j, load(x, xb + j * xr + c))
     if lr == 1:
         _small_labels(crow(lab, lb, n), n, T, XY, WY, OK, w, ignore)
     else:
         _small_labels(srow(lab, lb, n, lr), n, T, XY, WY, OK, w, ignore)
     for j in range(n):
-        SC[j] = sc[sb + j * sr]
+        put(SC, j, at(sc, sb + j * sr))
     for j in range(n):
-        M[j] = ninf
-        S[j] = zero
-        D[j] = zero
+        put(M, j, ninf)
+        put(S, j, zero)
+        put(D, j, zero)
     for c in range(C):
         for j in range(n):
-            M[j] = fmax(M[j], T[c * R + j])
+            put(M, j, fmax(at(M, j), at(T, c * R + j)))
     finite = True   # every row's max finite: x - M <= 0 (or NaN), cexp_term's domain
     for j in range(n):
-        finite = finite and M[j] != np.inf and M[j] != -np.inf
+        finite = finite and at(M, j) != np.inf and at(M, j) != -np.inf
     for j in range(n):
-        M[j] = zero if (M[j] == np.inf or M[j] == -np.inf) else M[j]
+        put(M, j, zero if (at(M, j) == np.inf or at(M, j) == -np.inf) else at(M, j))
     if eps > 0.0:
         for c in range(C):
-            wc = w[c]
+            wc = at(w, c)
             for j in range(n):
-                D[j] += wc * (M[j] - T[c * R + j])
-    if mode == _FWD and finite:
+                put(D, j, at(D, j) + wc * (at(M, j) - at(T, c * R + j)))
+    # exp(x - m) is kept in T (the gradient pass then needs no second exp); the forward
+    # keeps it too, so that its sums come from the same loop as the fused call's and have
+    # the same bits (see _exp_sums)
+    if finite:
         for c in range(C):
             for j in range(n):
-                S[j] += cexp_term(T[c * R + j] - M[j])
-    elif mode == _FWD:
+                e = cexp_term(at(T, c * R + j) - at(M, j))
+                put(T, c * R + j, e)
+                put(S, j, at(S, j) + e)
+    else:
         for c in range(C):
             for j in range(n):
-                S[j] += cexp(T[c * R + j] - M[j])
-    else:   # keep exp(x - m) in T: the gradient pass then needs no second exp
-        for c in range(C):
-            for j in range(n):
-                e = cexp(T[c * R + j] - M[j])
-                T[c * R + j] = e
-                S[j] += e
+                e = cexp(at(T, c * R + j) - at(M, j))
+                put(T, c * R + j, e)
+                put(S, j, at(S, j) + e)
     omeps = cval(x, 1.0 - eps)
     ec = cval(x, eps / C)
     Wf = cval(x, W)
     zf = cval(x, z)
     for j in range(n):
-        LG[j] = clog(S[j])
-        LS[j] = omeps * WY[j] * diff_add(M[j], XY[j], LG[j])
-        KK[j] = omeps * WY[j] + ec * Wf
+        put(LG, j, clog(at(S, j)))
+        put(LS, j, omeps * at(WY, j) * diff_add(at(M, j), at(XY, j), at(LG, j)))
+        put(KK, j, omeps * at(WY, j) + ec * Wf)
     if eps > 0.0:
         for j in range(n):
-            LS[j] += ec * (Wf * LG[j] + D[j])
+            put(LS, j, at(LS, j) + ec * (Wf * at(LG, j) + at(D, j)))
     if z > 0.0:
         for j in range(n):
-            lse = M[j] + LG[j]
-            LS[j] += zf * WY[j] * lse * lse
-            KK[j] += cval(x, 2.0) * zf * WY[j] * lse
+            lse = at(M, j) + at(LG, j)
+            put(LS, j, at(LS, j) + zf * at(WY, j) * lse * lse)
+            put(KK, j, at(KK, j) + cval(x, 2.0) * zf * at(WY, j) * lse)
     for j in range(n):
-        KK[j] = SC[j] * KK[j] / S[j]
+        put(KK, j, at(SC, j) * at(KK, j) / at(S, j))
     if orr == 1:
         dst = crow(out, ob, n)
         for j in range(n):
-            dst[j] = LS[j] if OK[j] != zero else zero
+            put(dst, j, at(LS, j) if at(OK, j) != zero else zero)
     else:
         for j in range(n):
-            out[ob + j * orr] = LS[j] if OK[j] != zero else zero
+            put(out, ob + j * orr, at(LS, j) if at(OK, j) != zero else zero)
     if mode == _FWD:
         return
+    floor = cexp_term(ninf)   # exps at cexp_term's floor are 0 (see _rescale)
     for c in range(C):
-        k2 = ec * w[c]
+        k2 = ec * at(w, c)
         for j in range(n):
-            T[c * R + j] = T[c * R + j] * KK[j] - k2 * SC[j]
+            e = at(T, c * R + j)
+            put(T, c * R + j, (zero if e <= floor else e) * at(KK, j) - k2 * at(SC, j))
     for j in range(n):
         grow = crow(g, gb + j * gr, C)
-        y = lab[lb + j * lr]
-        if OK[j] == zero or y < 0 or y >= C:   # ignored, or unchecked and out of range
-            fill = zero if OK[j] == zero else cval(x, np.nan)
+        y = at(lab, lb + j * lr)
+        if at(OK, j) == zero or y < 0 or y >= C:   # ignored, or unchecked and out of range
+            fill = zero if at(OK, j) == zero else cval(x, np.nan)
             for c in range(C):
                 store(grow, c, fill)
             continue
         for c in range(C):
-            store(grow, c, T[c * R + j])
-        store(grow, y, T[y * R + j] - SC[j] * omeps * WY[j])
+            store(grow, c, at(T, c * R + j))
+        store(grow, y, at(T, y * R + j) - at(SC, j) * omeps * at(WY, j))
 
 
 @pjit()
@@ -937,9 +948,9 @@ def _pair_grad_loop(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
                     g, gb, gr, gc, sc, sb, sr, zero, unit, nan, inf):
     for j in range(n):
         loss, go, gy, one = _pair_row(load(x, xb + j * xr), load(x, xb + j * xr + xc),
-                                      lab[lb + j * lr], w0, w1, ignore, zero, unit, nan, inf)
-        out[ob + j * orr] = loss
-        s = cval(x, sc[sb + j * sr])
+                                      at(lab, lb + j * lr), w0, w1, ignore, zero, unit, nan, inf)
+        put(out, ob + j * orr, loss)
+        s = cval(x, at(sc, sb + j * sr))
         store(g, gb + j * gr, s * (go if one else gy))
         store(g, gb + j * gr + gc, s * (gy if one else go))
 
@@ -961,9 +972,9 @@ def _pair_loop(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
     if mode == _FWD:
         for j in range(n):
             loss, _go, _gy, _one = _pair_row(load(x, xb + j * xr), load(x, xb + j * xr + xc),
-                                             lab[lb + j * lr], w0, w1, ignore,
+                                             at(lab, lb + j * lr), w0, w1, ignore,
                                              zero, unit, nan, inf)
-            out[ob + j * orr] = loss
+            put(out, ob + j * orr, loss)
     elif mode == _INPLACE:
         _pair_grad_loop(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
                         x, xb, xr, xc, sc, sb, sr, zero, unit, nan, inf)
@@ -983,9 +994,9 @@ def _pair_block(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
     for s0 in range(0, n, codes.size):
         m = min(codes.size, n - s0)
         for j in range(m):
-            y = lab[lb + (s0 + j) * lr]
-            codes[j] = ignored if y == ignore else (np.int32(y) if (y >= 0) & (y <= 1)
-                                                    else np.int32(3))
+            y = at(lab, lb + (s0 + j) * lr)
+            put(codes, j, ignored if y == ignore else (np.int32(y) if (y >= 0) & (y <= 1)
+                                                       else np.int32(3)))
         if contiguous:
             # views from offset 0 (indexed from a run-time offset, LLVM leaves this loop
             # scalar: 30 against 5 ns per row)
@@ -1004,7 +1015,7 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
     x, lab, out, g, sc = _b(x), _b(lab), _b(out), _b(g), _b(sc)
     R = _PAIR_ROWS
     nqb = (Q + R - 1) // R
-    w0, w1 = w[0], w[1]
+    w0, w1 = at(w, 0), at(w, 1)
     for i in prange(P * nqb):
         p = i // nqb
         q = (i - p * nqb) * R
@@ -1053,12 +1064,12 @@ def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC):
     nan = cval(X, np.nan)
     flag = cval(X, _FLAGGED)
     for j in range(n):
-        code = codes[j]
-        k = cval(X, SC[j]) * WY[j]
-        kd = k / SS[j]
-        sh = SH[j]
+        code = at(codes, j)
+        k = cval(X, at(SC, j)) * at(WY, j)
+        kd = k / at(SS, j)
+        sh = at(SH, j)
         row = crow(X, j * C, C)
-        if SS[j] == flag:
+        if at(SS, j) == flag:
             continue
         if code >= C:
             fill = zero if code == C else nan
@@ -1097,15 +1108,15 @@ def _make_few_loss_kernel(C):
                 r0 = k * _FEW_SUB
                 n = min(_FEW_SUB, N - r0)
                 for j in range(n):
-                    y = lab[lb + (r0 + j) * lr]
+                    y = at(lab, lb + (r0 + j) * lr)
                     ok = (y >= 0) & (y < C)
-                    codes[j] = np.int32(C) if y == ignore else (
-                        np.int32(y) if ok else np.int32(C + 1))
-                    WY[j] = w[y if ok else 0]
+                    put(codes, j, np.int32(C) if y == ignore else (
+                        np.int32(y) if ok else np.int32(C + 1)))
+                    put(WY, j, at(w, y if ok else 0))
                 X = crow(x, xb + r0 * C, n * C)
                 O = crow(out, ob + r0, n)
                 for j in range(n):
-                    code = codes[j]
+                    code = at(codes, j)
                     m = cval(X, -np.inf)
                     for c in range(C):
                         m = fmax(m, load(X, j * C + c))
@@ -1118,13 +1129,13 @@ def _make_few_loss_kernel(C):
                         s += cexp_term(v - sh)
                         xy = v if code == c else xy
                     loss = diff_add(sh, xy, clog(s))
-                    loss = loss * WY[j]
+                    loss = loss * at(WY, j)
                     loss = zero if code == C else loss
-                    O[j] = nan if code > C else loss
-                    SH[j] = sh
-                    SS[j] = flag if inf_max else s
+                    put(O, j, nan if code > C else loss)
+                    put(SH, j, sh)
+                    put(SS, j, flag if inf_max else s)
                 for j in range(n):
-                    flagged[i] += 1 if SS[j] == flag else 0
+                    put(flagged, i, at(flagged, i) + (1 if at(SS, j) == flag else 0))
                 if mode == _GRAD:   # the logits copied, then the in-place pass over them
                     G = crow(g, gb + r0 * C, n * C)
                     G[:] = X
@@ -1139,14 +1150,15 @@ def _make_few_loss_kernel(C):
 @hjit()
 def _few_label(lab, lb, lr, r, C, ignore):
     """Row r's label code as the loss kernel makes it (C ignored, C + 1 out of range)."""
-    y = lab[lb + r * lr]
+    y = at(lab, lb + r * lr)
     return C if y == ignore else (y if 0 <= y < C else C + 1)
 
 
 @jit()
 def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, sb, sr, mode):
     """The rows with an infinite max, by the general row code (serial: a rare path)."""
-    scratch = np.empty(C, x.dtype)
+    scratch = cempty(x, max(C, _BLOCK))   # _ce_row's exps
+    lanes = cempty(x, 2 * _LANES)
     for r in range(N):
         code = _few_label(lab, lb, lr, r, C, ignore)
         row = crow(x, xb + r * C, C)
@@ -1155,8 +1167,10 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
         m = _row_max(row)
         if m != np.inf and m != -np.inf:
             continue
-        grow = scratch if mode == _INPLACE else crow(g, gb + r * C, C if mode == _GRAD else 0)
-        out[ob + r] = _ce_row(row, grow, code, w, 0.0, 0.0, 0.0, sc[sb + r * sr], mode)
+        grow = crow(g, gb + r * C, C if mode == _GRAD else 0)
+        ebuf = compute_or(grow, scratch) if mode == _GRAD else scratch
+        put(out, ob + r, _ce_row(row, ebuf, lanes, grow, code, w, 0.0, 0.0, 0.0,
+                                 at(sc, sb + r * sr), mode))
 
 
 def _few_classes(xb, xo, N, C, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode):
