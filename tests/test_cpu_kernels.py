@@ -339,7 +339,7 @@ CE_CASES = [
     (F64, (2, 37, 2), "S", np.int32, False, 0.0, 0.0),
     (F16, (1, 45, 2), "F", np.int64, True, 0.0, 0.0),
     (F32, (3, 50, 2), "F", np.int64, False, 0.0, 0.0),
-    # few-classes path (3 <= C <= 10 compiled per C, no smoothing, no z-loss, rows one run):
+    # few-classes path (3 <= C <= 8 compiled per C, no smoothing, no z-loss, rows one run):
     # several work items and a partial one, every dtype
     (F32, (1, 2 * K._FEW_SUB * K._FEW_ITEM + 5, 3), "C", np.int64, True, 0.0, 0.0),
     (F64, (2, 40, 7), "C", np.int32, True, 0.0, 0.0),

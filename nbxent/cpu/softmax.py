@@ -1037,9 +1037,12 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
 # closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
 
-# The largest C taken: from 11 on LLVM leaves the class loops rolled and stops vectorising
-# across rows (1000000 x 11-16: 0.22-0.28 elements/ns, a third of the small-C kernel).
-_FEW_C = 10
+# The largest C taken. On Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a
+# third of the small-C kernel's speed). On Zen 5 (AVX-512) its interleaved loads stop at
+# 8 classes and C = 9 and 10 load each class with gathers: 10_000_000 elements, 2 threads,
+# forward 7.8-9.3 ms against the small-C kernel's 5.8-6.3, fused 20-24 ms against 11-12.
+# Up to 8 the forward is 1.5-3x the small-C kernel's (the fused call 0.6-1.4x).
+_FEW_C = 8
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
