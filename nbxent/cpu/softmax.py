@@ -1200,9 +1200,9 @@ def _weights(weight, C, dtype):
 
 
 def _rows_per_chunk(n, C):
-    """Rows per parallel work item: about 32k elements, at least 4 items per thread.
+    """Rows per parallel work item: about 256k elements, at least 4 items per thread.
     (Per-row results do not depend on it.)"""
-    return max(1, min(n // (4 * numba.get_num_threads()), 32768 // max(C, 1)))
+    return max(1, min(n // (4 * numba.get_num_threads()), 262144 // max(C, 1)))
 
 
 def _rows(x, out, mode):
