@@ -6,12 +6,15 @@ combined rather than crossed: every launcher runs in float32, float64 and float1
 views) and in C order, Fortran order and a class-strided view somewhere below.
 """
 
+import re
+
 import numba
 import numpy as np
 import pytest
 
 from nbxent._config import FASTMATH
 from nbxent.cpu import _math
+from nbxent.cpu import binary as KB
 from nbxent.cpu import softmax as K
 
 F16, F32, F64 = np.float16, np.float32, np.float64
@@ -277,6 +280,33 @@ def test_logsumexp_softmax_log_softmax(dtype, kind):
         o = layout(np.empty(a.shape, dtype), "F" if kind == "C" else "C")
         launcher(as_kernel(x), as_kernel(o))
         close(o, want, tol if dtype != F32 else 4e-6, launcher.__name__)
+
+
+def test_hot_loops_vectorise_without_gathers():
+    """The row and block loops index through at/put/load/store: with Numba's negative-index
+    wraparound (a[i] in a loop) LLVM vectorised them with gathers, 2-2.5x slower on
+    AVX-512 (on other targets the same code may stay scalar: no gather either way)."""
+    rng = np.random.default_rng(2)
+    x = logits(rng, (1, 8, 3000), F32)
+    y = rng.integers(0, 3000, (1, 8))
+    w = np.empty(0, F32)
+    loss = np.empty((1, 8), F32)
+    scale = np.broadcast_to(np.float64(1.0), (1, 8))
+    K.cross_entropy(x, y, w, IGNORE, 0.1, 0.0, loss)
+    K.cross_entropy(x, y, w, IGNORE, 0.0, 0.0, loss, scale, np.empty_like(x))
+    K.softmax(x, np.empty_like(x))
+    K.logsumexp(x, np.empty((1, 8), F32))
+    import nbxent
+    b = rng.standard_normal((64, 8)).astype(F32)
+    nbxent.binary_cross_entropy_with_logits_with_grad(b, (b > 0).astype(F32))
+    loops = (K._exp_sums, K._rescale, K._row_max, K._sumexp, KB._logits_grad_block)
+    for f in loops:
+        sigs = [s for s in f.signatures if str(s[0]) == "array(float32, 1d, C)"]
+        assert sigs, f"{f.__name__} was not compiled for float32 rows"
+        for sig in sigs:
+            ir = f.inspect_llvm(sig)
+            assert "llvm.masked.gather" not in ir, f"{f.__name__}{sig}: gathers"
+            assert re.search(r"<\d+ x float>", ir), f"{f.__name__}{sig}: not vectorised"
 
 
 def test_softmax_in_place_and_empty_rows():

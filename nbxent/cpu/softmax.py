@@ -304,29 +304,29 @@ def _rescale(ebuf, dst, k1, k2, w):
     in `ebuf`, e_c at or below cexp_term's floor taken as 0 (NaN stays NaN). `ebuf` may be
     `dst` itself (a new float32/float64 gradient or softmax): that case indexes one array
     only (with two views of the same memory LLVM's alias check fails and the loop runs
-    scalar)."""
+    scalar). The floor is applied as e * (e > floor): written as a conditional
+    expression, the select kept LLVM from vectorising these loops."""
     k1 = cval(ebuf, k1)
     k2 = cval(ebuf, k2)
-    zero = cval(ebuf, 0.0)
     floor = cexp_term(cval(ebuf, -np.inf))
     n = dst.size
     if ebuf.ctypes.data == dst.ctypes.data:
         if k2 == 0.0:
             for c in range(n):
                 e = load(dst, c)
-                store(dst, c, (zero if e <= floor else e) * k1)
+                store(dst, c, e * cval(ebuf, e > floor) * k1)
         else:
             for c in range(n):
                 e = load(dst, c)
-                store(dst, c, (zero if e <= floor else e) * k1 - k2 * at(w, c))
+                store(dst, c, e * cval(ebuf, e > floor) * k1 - k2 * at(w, c))
     elif k2 == 0.0:
         for c in range(n):
             e = at(ebuf, c)
-            store(dst, c, (zero if e <= floor else e) * k1)
+            store(dst, c, e * cval(ebuf, e > floor) * k1)
     else:
         for c in range(n):
             e = at(ebuf, c)
-            store(dst, c, (zero if e <= floor else e) * k1 - k2 * at(w, c))
+            store(dst, c, e * cval(ebuf, e > floor) * k1 - k2 * at(w, c))
 
 
 _soft_grad_out = _make_soft_grad_writer(False)
@@ -871,7 +871,7 @@ def _small_block(x, xb, xr, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, or
         k2 = ec * at(w, c)
         for j in range(n):
             e = at(T, c * R + j)
-            put(T, c * R + j, (zero if e <= floor else e) * at(KK, j) - k2 * at(SC, j))
+            put(T, c * R + j, e * cval(x, e > floor) * at(KK, j) - k2 * at(SC, j))
     for j in range(n):
         grow = crow(g, gb + j * gr, C)
         y = at(lab, lb + j * lr)
