@@ -13,7 +13,7 @@ import importlib
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from nbxent import _threading
+from nbxent import _pool, _threading
 
 
 def _gpu_arrays():
@@ -53,7 +53,7 @@ class CpuBackend:
         return bool(a.flags.writeable)
 
     def empty(self, shape, dtype, like=None):
-        return np.empty(shape, dtype)
+        return _pool.empty(shape, dtype)
 
     def astype(self, a, dtype):
         return a.astype(dtype, copy=False)

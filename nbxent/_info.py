@@ -34,7 +34,7 @@ def info() -> dict:
     Calling it starts Numba's CPU thread pool (as the first CPU kernel would) and, when a
     GPU is present, a CUDA context.
     """
-    from nbxent import _config, _threading
+    from nbxent import _config, _pool, _threading
 
     facts = {
         "nbxent": _version("nbxent"),
@@ -47,6 +47,8 @@ def info() -> dict:
                      None),
         "tbb": _version("tbb"),
         "disk_cache": _config.CACHE,
+        "output_cache_mb": _pool.CAPACITY >> 20,
+        "output_cache_kept_mb": _pool.kept_bytes() >> 20,
     }
     facts.update(_threading.describe())
     facts.update(_gpu())
