@@ -26,7 +26,17 @@ MIN_BYTES = 16 << 20
 KEEP = 4
 CAPACITY = int(float(os.environ.get("NBXENT_OUTPUT_CACHE_MB", "1024")) * (1 << 20))
 
-_free: collections.deque = collections.deque()   # released buffers, oldest first
+_free: collections.deque = collections.deque()   # _Kept buffers, oldest first
+
+
+class _Kept:
+    """A released buffer in `_free` (compared by identity: deque.remove on bare arrays
+    would compare their elements)."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: np.ndarray):
+        self.block = block
 
 
 class _Lease:
@@ -62,19 +72,19 @@ def empty(shape, dtype) -> np.ndarray:
 
 
 def _take(nbytes: int):
-    for item in list(_free):   # a snapshot: other threads may take or give back meanwhile
-        if item.nbytes == nbytes:
+    for kept in list(_free):   # a snapshot: other threads may take or give back meanwhile
+        if kept.block.nbytes == nbytes:
             try:
-                _free.remove(item)
+                _free.remove(kept)
             except ValueError:   # taken by another thread first
                 continue
-            return item
+            return kept.block
     return None
 
 
 def _give_back(block: np.ndarray):
-    _free.append(block)
-    while len(_free) > KEEP or sum(b.nbytes for b in list(_free)) > CAPACITY:
+    _free.append(_Kept(block))
+    while len(_free) > KEEP or kept_bytes() > CAPACITY:
         try:
             _free.popleft()
         except IndexError:
@@ -88,4 +98,4 @@ def release():
 
 def kept_bytes() -> int:
     """Bytes held in released buffers, waiting for reuse."""
-    return sum(b.nbytes for b in list(_free))
+    return sum(k.block.nbytes for k in list(_free))

@@ -122,3 +122,14 @@ def test_info_reports_the_cache():
     facts = nbxent.info()
     assert facts["output_cache_mb"] == _pool.CAPACITY >> 20
     assert facts["output_cache_kept_mb"] == 16
+
+
+def test_a_buffer_behind_others_of_other_sizes_is_found():
+    sizes = [(4096, 1100), (4096, 1200), BIG]
+    outs = [_pool.empty(s, np.float32) for s in sizes]
+    where = _address(outs[-1])
+    del outs
+    gc.collect()
+    b = _pool.empty(BIG, np.float32)
+    assert _address(b) == where
+    assert _pool.kept_bytes() == 4096 * (1100 + 1200) * 4
