@@ -275,6 +275,25 @@ def test_elementwise_out(fn):
 
 @backend_params
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_classes_get_exactly_zero(backend, dtype):
+    """-inf logits (a masked vocabulary) get a softmax and a gradient of exactly 0, with few
+    classes (small-C kernel), more (per row) and more than one sum block."""
+    for c in small(backend, (6, 40, 3000), (6, 40)):
+        logits = make_logits((5, c), dtype)
+        logits[:, ::3] = -np.inf
+        labels = np.ones(5, np.int64)               # class 1 is never masked
+        x = to_backend(logits, backend)
+        _, grad = nbxent.cross_entropy_with_grad(x, to_backend(labels, backend))
+        xi = to_backend(logits.copy(), backend)
+        nbxent.cross_entropy_with_grad(xi, to_backend(labels, backend), inplace=True)
+        for got in (grad, xi, nbxent.softmax(x)):
+            got = to_host(got)
+            assert (got[:, ::3] == 0).all(), (c, got[:, ::3])
+            assert np.isfinite(got).all()
+
+
+@backend_params
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_extreme_values(backend, dtype):
     big = 6e4 if dtype == np.float16 else 1e30
