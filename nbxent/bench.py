@@ -29,7 +29,8 @@ class Peer:
     run: Callable[[], float]                 # computes the loss (timed)
     bytes_moved: float                       # bytes a perfect kernel moves per call
     reset: Callable[[], None] | None = None  # untimed, before each timed call
-    settle: float = 0.0                      # seconds to wait (untimed) after each call
+    settle: float = 0.0                      # seconds to wait (untimed) after each call,
+    settle_per_second: float = 0.0           # and this many more per second the call took
 
 
 def _nbxent_peers(mode: str, x, y):
@@ -83,9 +84,11 @@ def _torch_peer(mode: str, threads: int, x, y):
 
 def _jax_peer(mode: str, x, y):
     """JAX written the obvious way (log_softmax, gather, mean), jitted; None without JAX.
-    XLA's CPU thread pool is sized at start-up, not by `threads`. Its threads spin for a
-    while after each call, which slowed the next library's call by up to 1.8x here: the
-    peer waits (untimed) for them to park."""
+    XLA's CPU thread pool is sized at start-up, not by `threads`. After each call the
+    machine stays busy for a while (its threads spin; after a 250 ms float16 call the next
+    nbxent call took 34 ms after 50 ms, 26 ms after 0.5 s and 20.5 ms after 1 s, against
+    18.7 ms without JAX): the peer waits, untimed, 50 ms plus 4 times its call's time
+    (at most 2 s), so that the library timed next does not pay for it."""
     try:
         import jax
         import jax.numpy as jnp
@@ -100,17 +103,18 @@ def _jax_peer(mode: str, x, y):
 
     if mode == "forward":
         f = jax.jit(loss_of)
-        return Peer(name, lambda: float(f(jx, jy)), x.nbytes, settle=_JAX_SETTLE)
+        return Peer(name, lambda: float(f(jx, jy)), x.nbytes, **_JAX_SETTLE)
     g = jax.jit(jax.value_and_grad(loss_of))
 
     def forward_backward():
         loss, grad = g(jx, jy)
         grad.block_until_ready()
         return float(loss)
-    return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes, settle=_JAX_SETTLE)
+    return Peer(name + " fwd+bwd", forward_backward, 2 * x.nbytes, **_JAX_SETTLE)
 
 
-_JAX_SETTLE = 0.05
+_JAX_SETTLE = dict(settle=0.05, settle_per_second=4.0)
+_MAX_SETTLE = 2.0
 
 
 def _bandwidth_peer(x):
@@ -137,8 +141,8 @@ def _time(peer: Peer) -> float:
     t0 = time.perf_counter()
     peer.run()
     t = time.perf_counter() - t0
-    if peer.settle:
-        time.sleep(peer.settle)
+    if peer.settle or peer.settle_per_second:
+        time.sleep(min(_MAX_SETTLE, peer.settle + peer.settle_per_second * t))
     return t
 
 

@@ -85,3 +85,19 @@ def test_gpu_rows_have_throughput_for_the_plot(tmp_path):
             for lib in ("nbxent mean", bench.COPY_BANDWIDTH)]
     bench.plot(rows, str(tmp_path / "gpu.svg"))
     assert "<svg" in (tmp_path / "gpu.svg").read_text()[:500]
+
+
+def test_a_peer_settles_in_proportion_to_its_call(monkeypatch):
+    """JAX's peer waits after each call, untimed, 50 ms plus 4x the call (at most 2 s), so
+    that the machine is quiet for the library timed next."""
+    slept = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    clock = iter([10.0, 10.3, 20.0, 21.0, 30.0, 30.5])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    peer = bench.Peer("p", lambda: 0.0, 1, **bench._JAX_SETTLE)
+    assert bench._time(peer) == pytest.approx(0.3)
+    assert bench._time(peer) == pytest.approx(1.0)
+    assert slept == [pytest.approx(0.05 + 4 * 0.3), bench._MAX_SETTLE]
+    slept.clear()
+    assert bench._time(bench.Peer("q", lambda: 0.0, 1)) == pytest.approx(0.5)
+    assert slept == []
