@@ -309,6 +309,38 @@ def test_hot_loops_vectorise_without_gathers():
             assert re.search(r"<\d+ x float>", ir), f"{f.__name__}{sig}: not vectorised"
 
 
+@pytest.mark.parametrize("C", [12, 40, 64])
+def test_small_c_rows_have_the_same_bits_in_every_layout_and_block(C):
+    """The small-C kernel takes every layout, and a row's loss and gradient do not depend
+    on the other rows of its block (one with an infinite max there included)."""
+    rng = np.random.default_rng(9)
+    a = logits(rng, (1, 300, C), F32)
+    y = rng.integers(0, C, (1, 300))
+    w = np.empty(0, F32)
+    scale = np.broadcast_to(np.float64(1.0), (1, 300))
+
+    def run(x, yy):
+        loss = np.empty(yy.shape, F32)
+        grad = layout(np.empty(x.shape, F32), "C")
+        K.cross_entropy(x, yy, w, IGNORE, 0.1, 0.0, loss, scale[:, :yy.shape[1]], grad)
+        return loss, grad
+
+    want_loss, want_grad = run(a, y)
+    for kind in ("F", "S"):
+        loss, grad = run(layout(a, kind), y)
+        assert np.array_equal(loss, want_loss), kind
+        assert np.array_equal(grad, want_grad), kind
+    b = a.copy()
+    b[0, 7, 3] = np.inf                      # a row with an infinite max in the first block
+    loss, grad = run(b, y)
+    others = np.arange(300) != 7
+    assert np.array_equal(loss[0, others], want_loss[0, others])
+    assert np.array_equal(grad[0, others], want_grad[0, others])
+    loss, grad = run(np.ascontiguousarray(a[:, 5:]), np.ascontiguousarray(y[:, 5:]))
+    assert np.array_equal(loss, want_loss[:, 5:])   # other block boundaries
+    assert np.array_equal(grad, want_grad[:, 5:])
+
+
 def test_softmax_in_place_and_empty_rows():
     rng = np.random.default_rng(3)
     x = logits(rng, (1, 4, 300), F32)

@@ -411,7 +411,7 @@ def test_cli_demo_checks_against_reference():
 
 
 @backend_params
-@pytest.mark.parametrize("c", [5, 40])   # CPU: small C runs two kernels; above, one pass per row
+@pytest.mark.parametrize("c", [5, 40, 100])   # CPU: two kernels up to 64 classes, then one
 @pytest.mark.parametrize("layout", ["c", "strided"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 def test_scored_rows_equal_the_two_public_calls(backend, c, layout, dtype):
@@ -460,7 +460,7 @@ def test_timed_run_compiles_nothing():
             phase[0] = "timed"
         scoring._warm_up = traced
         rng = np.random.default_rng(0)
-        for c in (5, 40):    # the small-C kernels and the fused one
+        for c in (5, 40, 100):    # few-classes, small-C (two kernels), the fused one
             phase[0] = "before"
             x = rng.standard_normal((3000, c), dtype=np.float32)
             y = rng.integers(0, c, 3000)
