@@ -85,6 +85,33 @@ class CrossEntropyVsTorchCPU:
     track_fused_vs_torch_ratio.unit = "x"
 
 
+class CrossEntropyClassCountCPU:
+    """float32 forward and fused call over the class counts where the CPU kernel changes
+    (two-class; few-classes, compiled per C, up to 8; small-C up to 64; per row beyond):
+    a cliff between neighbouring class counts shows here (17 classes once ran at a sixth of
+    16's speed on the per-row kernel). About 10M elements each."""
+
+    params = [sized([4, 10, 16, 17, 64, 65, 128], [4, 17])]
+    param_names = ["classes"]
+    timeout = 600
+
+    def setup(self, classes):
+        self.x, self.y = logits_and_labels(sized(10_000_000 // classes, 500), classes)
+        nbxent.cross_entropy(self.x[:8], self.y[:8])
+        nbxent.cross_entropy_with_grad(self.x[:8], self.y[:8])
+
+    def track_forward_elements_per_ns(self, classes):
+        return self.x.size / best_seconds(lambda: nbxent.cross_entropy(self.x, self.y)) / 1e9
+
+    track_forward_elements_per_ns.unit = "elements/ns"
+
+    def track_fused_elements_per_ns(self, classes):
+        return self.x.size / best_seconds(
+            lambda: nbxent.cross_entropy_with_grad(self.x, self.y)) / 1e9
+
+    track_fused_elements_per_ns.unit = "elements/ns"
+
+
 class NormalisersCPU:
     params = (sized([(65536, 1000)], [(64, 100)]), ["log_softmax", "softmax", "logsumexp"])
     param_names = ["shape", "function"]
