@@ -309,6 +309,21 @@ def test_hot_loops_vectorise_without_gathers():
             assert re.search(r"<\d+ x float>", ir), f"{f.__name__}{sig}: not vectorised"
 
 
+def test_row_sums_keep_their_partial_sums_off_the_heap():
+    """_exp_sums' partial sums live in a stack array: with a heap scratch LLVM could not
+    rule out that it aliases the row, and every vector update of the sums went through
+    memory. (Requires the loop above to have compiled _exp_sums for float32 rows.)"""
+    rng = np.random.default_rng(4)
+    x = logits(rng, (1, 4, 300), F32)
+    K.cross_entropy(x, rng.integers(0, 300, (1, 4)), np.empty(0, F32), IGNORE, 0.0, 0.0,
+                    np.empty((1, 4), F32))
+    sigs = [s for s in K._exp_sums.signatures if str(s[0]) == "array(float32, 1d, C)"]
+    assert sigs
+    for sig in sigs:
+        ir = K._exp_sums.inspect_llvm(sig)
+        assert re.search(rf"alloca \[{2 * K._LANES} x float\]", ir), sig
+
+
 @pytest.mark.parametrize("C", [12, 40, 64])
 def test_small_c_rows_have_the_same_bits_in_every_layout_and_block(C):
     """The small-C kernel takes every layout, and a row's loss and gradient do not depend

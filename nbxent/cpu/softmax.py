@@ -49,8 +49,9 @@ from numba import prange
 from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
-from nbxent.cpu._math import (at, cempty, cexp, cexp_term, clog, compute_or, crow, cval,
-                              diff_add, fmax, is_half, load, put, srow, store, sub2)
+from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_term, clog, compute_or, crow, cval,
+                              diff_add, fmax, is_half, load, put, srow, stack_scratch, store,
+                              sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
@@ -157,13 +158,13 @@ def _lse(row):
 
 
 @hjit()
-def _softmax_row(row, orow, scratch, lanes):
+def _softmax_row(row, orow, scratch):
     """softmax of `row` into `orow` (which may be `row` itself): the sum pass leaves
     exp(x - m) in orow (float32/float64 out of place) or in `scratch` (a row of the compute
     dtype: in place, float16), the second pass scales it. One exp per element, and the
-    same bits in place and out of place (the same sum loop). `lanes`: see _exp_sums."""
+    same bits in place and out of place (the same sum loop)."""
     ebuf = scratch if orow.ctypes.data == row.ctypes.data else compute_or(orow, scratch)
-    _, total, _ = _exp_sums(row, ebuf, False, ebuf, False, lanes)   # (w unused: no smoothing)
+    _, total, _ = _exp_sums(row, ebuf, False, ebuf, False)   # (w unused: no smoothing)
     _rescale(ebuf, orow, 1.0 / total, 0.0, ebuf)
 
 
@@ -216,12 +217,15 @@ def _make_soft_grad_writer(inplace):
     return write
 
 
+_lane_sums = stack_scratch(2 * _LANES)   # _exp_sums' partial sums (A, D)
+
+
 @hjit(fastmath=set(STRICT))
-def _exp_sums(row, w, with_d, ebuf, blockwise, lanes):
+def _exp_sums(row, w, with_d, ebuf, blockwise):
     """(m, sum(exp(row - m)), sum(w * (m - row)) when `with_d`, else 0) of one row: m its
     shift (as _shift), the sums in float64. Leaves each e_c = exp(x_c - m) in `ebuf`
-    (compute dtype) at c, or at c % _BLOCK when `blockwise` (ebuf then a scratch of
-    _BLOCK: the forward, which needs no e_c). `lanes`: a scratch of 2 * _LANES.
+    (compute dtype) at c, unless `blockwise` (the forward, which needs no e_c): ebuf is
+    then a scratch of _BLOCK, written at c % _BLOCK by the rare paths only.
 
     The order of the sums is this source's, whatever LLVM makes of it: compiled without
     'reassoc', each block of _BLOCK elements is summed in _LANES partial sums (lane l takes
@@ -250,6 +254,7 @@ def _exp_sums(row, w, with_d, ebuf, blockwise, lanes):
                 sd += float(at(w, c)) * (0.0 - float(v))
         return zero, total, sd
     m = mx
+    lanes = _lane_sums(row)
     A = crow(lanes, 0, _LANES)
     D = crow(lanes, _LANES, _LANES)
     for b0 in range(0, n, _BLOCK):
@@ -274,11 +279,16 @@ def _exp_sums(row, w, with_d, ebuf, blockwise, lanes):
                 put(A, i - nv, at(A, i - nv) + e)
                 put(D, i - nv, at(D, i - nv) + at(w, b0 + i) * (m - v))
         else:
-            for i in range(0, nv, _LANES):
-                for l in range(_LANES):
-                    e = cexp_term(load(row, b0 + i + l) - m)
-                    put(ebuf, o + i + l, e)
-                    put(A, l, at(A, l) + e)
+            if blockwise:
+                for i in range(0, nv, _LANES):
+                    for l in range(_LANES):
+                        put(A, l, at(A, l) + cexp_term(load(row, b0 + i + l) - m))
+            else:
+                for i in range(0, nv, _LANES):
+                    for l in range(_LANES):
+                        e = cexp_term(load(row, b0 + i + l) - m)
+                        put(ebuf, o + i + l, e)
+                        put(A, l, at(A, l) + e)
             for i in range(nv, nb):
                 e = cexp_term(load(row, b0 + i) - m)
                 put(ebuf, o + i, e)
@@ -338,13 +348,13 @@ _soft_grad_in = _make_soft_grad_writer(True)
 
 
 @hjit()
-def _ce_row(row, ebuf, lanes, grow, y, w, W, eps, z, s, mode):
+def _ce_row(row, ebuf, grow, y, w, W, eps, z, s, mode):
     """Loss of one labelled row (float64); writes its gradient unless mode == _FWD: into
     grow (_GRAD) or over row (_INPLACE). `ebuf` receives the row's exps (_exp_sums): a
     scratch of _BLOCK for _FWD, else grow itself (a float32/float64 _GRAD) or a scratch
-    row of the compute dtype (in place, float16); `lanes` is _exp_sums' scratch."""
+    row of the compute dtype (in place, float16)."""
     C = row.size
-    m, total, sd = _exp_sums(row, w, eps > 0.0, ebuf, mode == _FWD, lanes)
+    m, total, sd = _exp_sums(row, w, eps > 0.0, ebuf, mode == _FWD)
     lg = math.log(total)
     lse = m + lg
     xy = load(row, y)
@@ -423,10 +433,10 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
     p = r0 // Q
     q = r0 - p * Q
     strided = xs[3] != 1 or (mode != _LSE and os[3] != 1)
-    tx = np.empty(C if strided else 0, x.dtype)
-    to = np.empty(C if strided and mode != _LSE else 0, out.dtype)
-    te = cempty(x, C if mode == _SOFTMAX else 0)   # softmax's exps, in place or float16
-    lanes = cempty(x, 2 * _LANES)
+    own_x = np.empty(C if strided else 0, x.dtype)
+    own_o = np.empty(C if strided and mode != _LSE else 0, out.dtype)
+    own_e = cempty(x, C if mode == _SOFTMAX else 0)   # softmax's exps, in place or float16
+    tx, to, te = _b(own_x), _b(own_o), _b(own_e)   # see `alive`
     for _ in range(r0, r1):
         b = xs[0] + p * xs[1] + q * xs[2]
         ob = os[0] + p * os[1] + q * os[2]
@@ -436,7 +446,7 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
         else:
             orow = to if strided else crow(out, ob, C)
             if mode == _SOFTMAX:
-                _softmax_row(row, orow, te, lanes)
+                _softmax_row(row, orow, te)
             else:
                 _log_softmax_row(row, orow)
             if strided:
@@ -445,6 +455,7 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
         if q == Q:
             q = 0
             p += 1
+    alive(own_x), alive(own_o), alive(own_e)
 
 
 @pjit()
@@ -461,11 +472,11 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
     p = r0 // Q
     q = r0 - p * Q
     strided = xs[3] != 1 or (mode != _FWD and gs[3] != 1)
-    tx = np.empty(C if strided else 0, x.dtype)
-    tg = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
+    own_x = np.empty(C if strided else 0, x.dtype)
+    own_g = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
     # the exps of _ce_row: a block for the forward, a row where grow cannot hold them
-    te = cempty(x, _BLOCK if mode == _FWD else (C if mode == _INPLACE or is_half(x) else 0))
-    lanes = cempty(x, 2 * _LANES)
+    own_e = cempty(x, _BLOCK if mode == _FWD else (C if mode == _INPLACE or is_half(x) else 0))
+    tx, tg, te = _b(own_x), _b(own_g), _b(own_e)   # see `alive`
     for _ in range(r0, r1):
         y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         b = xs[0] + p * xs[1] + q * xs[2]
@@ -483,7 +494,7 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
             grow = tg if strided else crow(g, gb, C)
             ebuf = te if mode != _GRAD else compute_or(grow, te)
-            loss = _ce_row(row, ebuf, lanes, grow, y, w, W, eps, z, s, mode)
+            loss = _ce_row(row, ebuf, grow, y, w, W, eps, z, s, mode)
             if strided and mode != _FWD:
                 _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
         put(out, os[0] + p * os[1] + q * os[2], loss)
@@ -491,6 +502,7 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
         if q == Q:
             q = 0
             p += 1
+    alive(own_x), alive(own_g), alive(own_e)
 
 
 @pjit()
@@ -508,9 +520,10 @@ def _soft_chunk(x, xs, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode, r0
     p = r0 // Q
     q = r0 - p * Q
     strided = xs[3] != 1 or ps[3] != 1 or (mode != _FWD and gs[3] != 1)
-    tx = np.empty(C if strided else 0, x.dtype)
-    tp = np.empty(C if strided else 0, pr.dtype)
-    tg = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
+    own_x = np.empty(C if strided else 0, x.dtype)
+    own_p = np.empty(C if strided else 0, pr.dtype)
+    own_g = np.empty(C if strided and mode == _GRAD else 0, g.dtype)
+    tx, tp, tg = _b(own_x), _b(own_p), _b(own_g)   # see `alive`
     for _ in range(r0, r1):
         b = xs[0] + p * xs[1] + q * xs[2]
         pb = ps[0] + p * ps[1] + q * ps[2]
@@ -526,6 +539,7 @@ def _soft_chunk(x, xs, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode, r0
         if q == Q:
             q = 0
             p += 1
+    alive(own_x), alive(own_p), alive(own_g)
 
 
 @pjit()
@@ -580,7 +594,8 @@ def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
     p = r0 // Q
     q = r0 - p * Q
     strided = xs[3] != 1
-    tx = np.empty(C if strided else 0, x.dtype)
+    own_x = np.empty(C if strided else 0, x.dtype)
+    tx = _b(own_x)   # see `alive`
     for _ in range(r0, r1):
         y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         hit = 0
@@ -593,6 +608,7 @@ def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
         if q == Q:
             q = 0
             p += 1
+    alive(own_x)
 
 
 @pjit()
@@ -610,9 +626,9 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
     p = r0 // Q
     q = r0 - p * Q
     strided = xs[3] != 1
-    tx = np.empty(C if strided else 0, x.dtype)
-    te = cempty(x, _BLOCK)   # _ce_row's exps
-    lanes = cempty(x, 2 * _LANES)
+    own_x = np.empty(C if strided else 0, x.dtype)
+    own_e = cempty(x, _BLOCK)   # _ce_row's exps
+    tx, te = _b(own_x), _b(own_e)   # see `alive`
     for _ in range(r0, r1):
         y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         loss = 0.0
@@ -623,7 +639,7 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
             else:
                 b = xs[0] + p * xs[1] + q * xs[2]
                 row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-                loss = _ce_row(row, te, lanes, row, y, w, W, eps, z, 1.0, _FWD)
+                loss = _ce_row(row, te, row, y, w, W, eps, z, 1.0, _FWD)
                 hit = _top1_row(row, y)
         put(out, os[0] + p * os[1] + q * os[2], loss)
         put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
@@ -631,6 +647,7 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
         if q == Q:
             q = 0
             p += 1
+    alive(own_x), alive(own_e)
 
 
 @pjit()
@@ -1172,7 +1189,6 @@ def _few_label(lab, lb, lr, r, C, ignore):
 def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, sb, sr, mode):
     """The rows with an infinite max, by the general row code (serial: a rare path)."""
     scratch = cempty(x, max(C, _BLOCK))   # _ce_row's exps
-    lanes = cempty(x, 2 * _LANES)
     for r in range(N):
         code = _few_label(lab, lb, lr, r, C, ignore)
         row = crow(x, xb + r * C, C)
@@ -1183,7 +1199,7 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
             continue
         grow = crow(g, gb + r * C, C if mode == _GRAD else 0)
         ebuf = compute_or(grow, scratch) if mode == _GRAD else scratch
-        put(out, ob + r, _ce_row(row, ebuf, lanes, grow, code, w, 0.0, 0.0, 0.0,
+        put(out, ob + r, _ce_row(row, ebuf, grow, code, w, 0.0, 0.0, 0.0,
                                  at(sc, sb + r * sr), mode))
 
 
