@@ -668,8 +668,8 @@ def stack_scratch(n):
 
     Partial sums kept in it stay in registers: LLVM knows that a stack array which nothing
     else sees aliases no other array, where a heap scratch (np.empty) may alias the row
-    being read, so each update of the sums went through memory (a store-to-load round trip
-    per vector, about 2x the exp sum's time on Zen 5). Contents start undefined."""
+    being read, so each update of the sums went through memory (a store and a reload per
+    vector; on Zen 5 the exp sum alone ran 2-12% slower so). Contents start undefined."""
 
     @intrinsic
     def scratch(typingctx, buf):
