@@ -312,7 +312,7 @@ def test_hot_loops_vectorise_without_gathers():
 def test_row_sums_keep_their_partial_sums_off_the_heap():
     """_exp_sums' partial sums live in a stack array: with a heap scratch LLVM could not
     rule out that it aliases the row, and every vector update of the sums went through
-    memory. (Requires the loop above to have compiled _exp_sums for float32 rows.)"""
+    memory."""
     rng = np.random.default_rng(4)
     x = logits(rng, (1, 4, 300), F32)
     K.cross_entropy(x, rng.integers(0, 300, (1, 4)), np.empty(0, F32), IGNORE, 0.0, 0.0,

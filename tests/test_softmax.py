@@ -276,8 +276,8 @@ def test_elementwise_out(fn):
 @backend_params
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_masked_classes_get_exactly_zero(backend, dtype):
-    """-inf logits (a masked vocabulary) get a softmax and a gradient of exactly 0, with few
-    classes (small-C kernel), more (per row) and more than one sum block."""
+    """-inf logits (a masked vocabulary) get a softmax and a gradient of exactly 0: 6
+    classes (the few-classes kernel), 40 (small-C) and 3000 (per row, three sum blocks)."""
     for c in small(backend, (6, 40, 3000), (6, 40)):
         logits = make_logits((5, c), dtype)
         logits[:, ::3] = -np.inf
