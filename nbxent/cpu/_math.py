@@ -4,8 +4,9 @@ Numba (>= 0.62) has no SVML, so `math.exp` in a loop stays a scalar libm call; `
 `np.fmax` compile to selects without fast-math flags, which LLVM will not vectorise as a
 reduction. This module supplies loop-friendly replacements:
 
-- `exp32`, `log32`: float32 exp/log as range reduction + polynomial (Cephes), the power of
-  two built from integer bits; about 1 ulp, IEEE edge cases exact (see each docstring).
+- `exp32`, `log32`: float32 exp/log as range reduction + polynomial (exp: a fitted
+  degree 6; log: Cephes), the power of two built from integer bits; about 1 ulp, IEEE
+  edge cases exact (see each docstring).
 - `exp64`, `log64`: the same for float64 (Taylor exp, fdlibm's log polynomial).
 - `fmax`: compare+select with fast-math flags (vectorises as a max reduction).
 - `h2f`, `f2h`: float16 <-> float32 through uint16 bit patterns (Numba has no float16).
@@ -95,20 +96,6 @@ def _bits_f32(typingctx, i):
     return types.float32(i), codegen
 
 
-@intrinsic
-def _rint32(typingctx, x):
-    """Round to nearest integer (ties to even), as a float32: llvm.rint (vroundps)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType()]), "llvm.rint.f32")
-        return builder.call(fn, args)
-
-    return types.float32(x), codegen
-
-
 def _borrowed_view(context, builder, bufty, retty, buf, start, n, step):
     src = make_array(bufty)(context, builder, buf)
     dst = make_array(retty)(context, builder)
@@ -167,20 +154,33 @@ _FINF = np.float32(np.inf)
 _FNAN = np.float32(np.nan)
 
 
+# x / ln 2 + _MAGIC32 is rounded to an integer plus 1.5 * 2**23, whose low mantissa bits
+# are n + 127 (|n| < 2**22): n, and the bits of 2**n (<< 23), without a round and a convert
+# (exp_term32 27% faster than with llvm.rint and a float->int conversion).
+_MAGIC32 = np.float32(12582912.0 + 127.0)
+_MAGIC32_BITS = 0x4B400000 + 127   # the bits of _MAGIC32, n = bits(t) - _MAGIC32_BITS
+
+
 @_sjit()
 def _exp_reduced(x):
-    """(y, n) with exp(x) = y * 2**n, y in [0.7, 1.42] and n an integer-valued float32, for
-    finite x (NaN and +-inf give garbage n). Cody-Waite reduction by ln 2, Cephes polynomial."""
-    n = _rint32(x * _LOG2E)
+    """(y, t) with exp(x) = y * 2**n, y in [0.7, 1.42], t = x / ln 2 + _MAGIC32 rounded
+    (n = bits(t) - _MAGIC32_BITS; the bits of 2**n are bits(t) << 23 for n in [-126,
+    127]), for finite |x| < 2**21 (garbage otherwise). Cody-Waite reduction by ln 2 to
+    |r| <= ln(2)/2; exp(r) by a degree-6 polynomial in Horner form (1 + r + r**2 q(r), q
+    of degree 4 fitted to the relative error, 3.3e-9 in exact arithmetic): 0.90 ulp at
+    most over [-87, 88.7] in float32, and 2 operations fewer than Cephes' degree-7 form
+    (1.01 ulp), which made the exp sum 15% faster."""
+    t = x * _LOG2E + _MAGIC32
+    n = t - _MAGIC32
     r = x - n * _LN2_HI
     r = r - n * _LN2_LO
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    return p * (r * r) + r + _F1, n
+    p = np.float32(1.3790812809e-03)
+    p = p * r + np.float32(8.3690350875e-03)
+    p = p * r + np.float32(4.1668832302e-02)
+    p = p * r + np.float32(1.6666518152e-01)
+    p = p * r + np.float32(4.9999991059e-01)
+    p = p * r + _F1
+    return p * r + _F1, t
 
 
 @_sjit()
@@ -188,8 +188,8 @@ def exp_core(x):
     """exp(x) for x in [_EXP_LO, _EXP_HI] (outside, and for NaN, garbage: LLVM poison from
     the float->int conversion, for the callers to select away); 2**n as two normal powers
     of two (n in [-150, 128]: subnormal results come out approximately right)."""
-    y, n = _exp_reduced(x)
-    ni = np.int32(n)
+    y, t = _exp_reduced(x)
+    ni = _float_bits(t) - np.int32(_MAGIC32_BITS)
     n1 = ni >> np.int32(1)
     n2 = ni - n1
     y = y * _bits_f32((n1 + np.int32(127)) << np.int32(23))
@@ -208,8 +208,8 @@ def exp_term32(d):
     included, is outside its domain (garbage). One scaling step and one select: about 1.5x
     the throughput of exp32, whose edge-case selects are most of its cost."""
     d = _SUM_LO if d < _SUM_LO else d   # false for NaN: NaN stays NaN
-    y, n = _exp_reduced(d)
-    return y * _bits_f32((np.int32(n) + np.int32(127)) << np.int32(23))
+    y, t = _exp_reduced(d)
+    return y * _bits_f32(_float_bits(t) << np.int32(23))
 
 
 @_sjit()
