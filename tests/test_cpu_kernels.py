@@ -321,7 +321,73 @@ def test_row_sums_keep_their_partial_sums_off_the_heap():
     assert sigs
     for sig in sigs:
         ir = K._exp_sums.inspect_llvm(sig)
-        assert re.search(rf"alloca \[{2 * K._LANES} x float\]", ir), sig
+        assert re.search(rf"alloca \[{3 * K._LANES} x float\]", ir), sig
+
+
+def test_rows_read_ahead_have_the_bits_of_rows_alone():
+    """cross_entropy's and softmax's large-C kernels read the next row's max during this
+    row's sums, when the next row is in the same work item (and, for cross_entropy, will
+    be needed: its label neither ignored nor out of range). Every row's results are those
+    of the row computed alone, whatever its neighbours (ignored, out of range, infinite,
+    NaN rows among them), in every mode, with and without smoothing, at work-item edges
+    and where row r + 1 starts the next p of (P, Q, C), and in a class-strided layout
+    (gathered rows: no read-ahead)."""
+    rng = np.random.default_rng(12)
+    P, C = 3, 100
+    Q = (4 * K._rows_per_chunk(10**6, C) + 7) // P   # several work items, ragged last one
+    shape = (P, Q, C)
+    x = logits(rng, shape, F32)
+    y = rng.integers(0, C, (P, Q))
+    flat_x, flat_y = x.reshape(-1, C), y.reshape(-1)
+    n = P * Q
+    flat_y[rng.choice(n, n // 5, replace=False)] = IGNORE
+    flat_y[rng.choice(n, n // 20, replace=False)] = C + 3   # unchecked out-of-range labels
+    for r in rng.choice(n, n // 20, replace=False):
+        flat_x[r, :] = -np.inf
+    for r in rng.choice(n, n // 20, replace=False):
+        flat_x[r, rng.integers(C)] = np.inf
+    for r in rng.choice(n, n // 20, replace=False):
+        flat_x[r, rng.integers(C)] = np.nan
+    flat_x[1, :] = F32(1e30)
+    scale = rng.uniform(0.5, 2.0, (P, Q))
+    w = rng.uniform(0.5, 2.0, C).astype(F32)
+    xt = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)   # class stride Q
+    picks = [(p, q) for p, q in zip(rng.integers(0, P, 60), rng.integers(0, Q, 60))]
+    picks += [(0, Q - 1), (1, 0), (P - 1, Q - 1)]
+
+    def alone(p, q):
+        return (slice(p, p + 1), slice(q, q + 1))
+
+    for eps in (0.0, 0.1):
+        loss, grad = np.empty((P, Q), F32), np.empty_like(x)
+        K.cross_entropy(x, y, w, IGNORE, eps, 0.0, loss, scale, grad)
+        fwd = np.empty((P, Q), F32)
+        K.cross_entropy(x, y, w, IGNORE, eps, 0.0, fwd)
+        xi = x.copy()
+        inp = np.empty((P, Q), F32)
+        K.cross_entropy(xi, y, w, IGNORE, eps, 0.0, inp, scale, xi)
+        strided = np.empty((P, Q), F32)
+        K.cross_entropy(xt, y, w, IGNORE, eps, 0.0, strided)
+        for name, got in (("forward", fwd), ("in place", inp), ("strided", strided)):
+            assert np.array_equal(got, loss, equal_nan=True), (name, eps)
+        assert np.array_equal(xi, grad, equal_nan=True), eps
+        for p, q in picks:
+            one, g1 = np.empty((1, 1), F32), np.empty((1, 1, C), F32)
+            K.cross_entropy(x[alone(p, q)], y[alone(p, q)], w, IGNORE, eps, 0.0, one,
+                            scale[alone(p, q)], g1)
+            assert np.array_equal(one[0, 0], loss[p, q], equal_nan=True), (p, q, eps)
+            assert np.array_equal(g1[0, 0], grad[p, q], equal_nan=True), (p, q, eps)
+
+    sm = np.empty_like(x)
+    K.softmax(x, sm)
+    si, st = x.copy(), np.empty_like(x)
+    K.softmax(si, si)
+    K.softmax(xt, st)
+    assert np.array_equal(si, sm, equal_nan=True) and np.array_equal(st, sm, equal_nan=True)
+    for p, q in picks:
+        one = np.empty((1, 1, C), F32)
+        K.softmax(x[alone(p, q)], one)
+        assert np.array_equal(one[0, 0], sm[p, q], equal_nan=True), (p, q)
 
 
 @pytest.mark.parametrize("C", [12, 40, 64])

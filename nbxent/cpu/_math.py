@@ -695,6 +695,28 @@ def stack_scratch(n):
 
 
 @intrinsic
+def prefetch(typingctx, buf, i):
+    """A hint to bring the cache line of element i of C-contiguous 1-D array `buf` into
+    L1 (llvm.prefetch: read, high locality). i may lie past the array's end (a prefetch
+    never faults; the address is computed without an in-bounds assumption)."""
+    if not (isinstance(buf, types.Array) and buf.ndim == 1 and buf.layout == "C"
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = make_array(sig.args[0])(context, builder, args[0])
+        k = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.gep(a.data, [k], inbounds=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(buf, i), codegen
+
+
+@intrinsic
 def alive(typingctx, a):
     """A use of array `a` here, and nothing else: Numba frees an array after its last use,
     so a loop that works on `borrow`ed views of its own scratch calls alive(scratch) after

@@ -19,7 +19,8 @@ pass 2 sum(exp(x - m)) in float32 vector partial sums over blocks of `_BLOCK` el
 blocks accumulated in float64 (cross-entropy and softmax: `_exp_sums`, in an order fixed
 by its source, keeping each exp(x - m) for pass 3); lse = m + log(sum) in float64; pass 3
 (softmax, log_softmax, gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`.
-exp(x - m) rather than exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a
+Cross-entropy reads the next row's max in its pass 2 (and prefetches the rows after), so
+that the reads from memory overlap the exp arithmetic. exp(x - m) rather than exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a
 row reaches the sum (exp(NaN) = NaN) and so every result of that row.
 
 Small C (C <= `_SMALL_C`, any class stride; cross_entropy only): blocks of
@@ -50,11 +51,12 @@ from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
 from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_term, clog, compute_or, crow, cval,
-                              diff_add, fmax, is_half, load, put, srow, stack_scratch, store,
-                              sub2)
+                              diff_add, fmax, is_half, load, prefetch, put, srow, stack_scratch,
+                              store, sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
+_AHEAD = 1024        # elements ahead of the next row's read that _exp_sums prefetches
 _RED_BLOCK = 16384   # rows per partial of sum_rows/label_stats (fixed: thread-count free)
 # cross_entropy with C <= _SMALL_C, any layout, is vectorised across rows. On Zen 5 it beat
 # the per-row kernel 1.5-6x forward from 17 to 64 classes (10_000_000 elements, 2 threads:
@@ -158,14 +160,16 @@ def _lse(row):
 
 
 @hjit()
-def _softmax_row(row, orow, scratch):
-    """softmax of `row` into `orow` (which may be `row` itself): the sum pass leaves
-    exp(x - m) in orow (float32/float64 out of place) or in `scratch` (a row of the compute
-    dtype: in place, float16), the second pass scales it. One exp per element, and the
-    same bits in place and out of place (the same sum loop)."""
+def _softmax_row(row, mx, nxt, orow, scratch):
+    """softmax of `row` (max mx) into `orow` (which may be `row` itself), returning the
+    max of `nxt` (see _exp_sums): the sum pass leaves exp(x - m) in orow (float32/float64
+    out of place) or in `scratch` (a row of the compute dtype: in place, float16), the
+    second pass scales it. One exp per element, and the same bits in place and out of
+    place (the same sum loop)."""
     ebuf = scratch if orow.ctypes.data == row.ctypes.data else compute_or(orow, scratch)
-    _, total, _ = _exp_sums(row, ebuf, False, ebuf, False)   # (w unused: no smoothing)
+    _, total, _, mx_next = _exp_sums(row, mx, nxt, ebuf, False, ebuf, False)   # (no w)
     _rescale(ebuf, orow, 1.0 / total, 0.0, ebuf)
+    return mx_next
 
 
 @hjit()
@@ -217,15 +221,23 @@ def _make_soft_grad_writer(inplace):
     return write
 
 
-_lane_sums = stack_scratch(2 * _LANES)   # _exp_sums' partial sums (A, D)
+_lanes = stack_scratch(3 * _LANES)   # _exp_sums' partial sums (A, D) and maxima (M)
 
 
 @hjit(fastmath=set(STRICT))
-def _exp_sums(row, w, with_d, ebuf, blockwise):
-    """(m, sum(exp(row - m)), sum(w * (m - row)) when `with_d`, else 0) of one row: m its
-    shift (as _shift), the sums in float64. Leaves each e_c = exp(x_c - m) in `ebuf`
-    (compute dtype) at c, unless `blockwise` (the forward, which needs no e_c): ebuf is
-    then a scratch of _BLOCK, written at c % _BLOCK by the rare paths only.
+def _exp_sums(row, mx, nxt, w, with_d, ebuf, blockwise):
+    """(m, sum(exp(row - m)), sum(w * (m - row)) when `with_d`, else 0, max of `nxt`) of
+    one row whose max (_row_max) is mx: m its shift (as _shift), the sums in float64.
+    Leaves each e_c = exp(x_c - m) in `ebuf` (compute dtype) at c, unless `blockwise` (the
+    forward, which needs no e_c): ebuf is then a scratch of _BLOCK, written at c % _BLOCK
+    by the rare paths only.
+
+    `nxt`, a row of the same size, is read in the same loop for its max: the next row,
+    whose reads from memory then overlap this row's exps (the row at hand, in L1, is its
+    own `nxt` when there is no next row to read), and `nxt` is prefetched _AHEAD elements
+    ahead of that read (past its end: the row after, which the next call reads). Without
+    them, a row's max pass waited on memory while the arithmetic stood idle. The max is
+    exact in any order, so it leaves the sums' bits alone.
 
     The order of the sums is this source's, whatever LLVM makes of it: compiled without
     'reassoc', each block of _BLOCK elements is summed in _LANES partial sums (lane l takes
@@ -240,7 +252,6 @@ def _exp_sums(row, w, with_d, ebuf, blockwise):
     exp(-708) float64) hold the floor, and `_rescale` makes them 0. Rows with an infinite
     max (m = 0, PyTorch's shift) take the general exp in one sequential loop (rare)."""
     n = row.size
-    mx = _row_max(row)
     zero = cval(row, 0.0)
     total = 0.0
     sd = 0.0
@@ -252,11 +263,14 @@ def _exp_sums(row, w, with_d, ebuf, blockwise):
             total += float(e)
             if with_d:
                 sd += float(at(w, c)) * (0.0 - float(v))
-        return zero, total, sd
+        return zero, total, sd, _row_max(nxt)
     m = mx
-    lanes = _lane_sums(row)
+    lanes = _lanes(row)
     A = crow(lanes, 0, _LANES)
     D = crow(lanes, _LANES, _LANES)
+    M = crow(lanes, 2 * _LANES, _LANES)
+    for l in range(_LANES):
+        put(M, l, cval(row, -np.inf))
     for b0 in range(0, n, _BLOCK):
         nb = min(_BLOCK, n - b0)
         nv = nb - nb % _LANES
@@ -272,6 +286,9 @@ def _exp_sums(row, w, with_d, ebuf, blockwise):
                     put(ebuf, o + i + l, e)
                     put(A, l, at(A, l) + e)
                     put(D, l, at(D, l) + at(w, b0 + i + l) * (m - v))
+                    put(M, l, fmax(at(M, l), load(nxt, b0 + i + l)))
+                prefetch(nxt, b0 + i + _AHEAD)
+                prefetch(nxt, b0 + i + _AHEAD + 16)
             for i in range(nv, nb):
                 v = load(row, b0 + i)
                 e = cexp_term(v - m)
@@ -283,20 +300,28 @@ def _exp_sums(row, w, with_d, ebuf, blockwise):
                 for i in range(0, nv, _LANES):
                     for l in range(_LANES):
                         put(A, l, at(A, l) + cexp_term(load(row, b0 + i + l) - m))
+                        put(M, l, fmax(at(M, l), load(nxt, b0 + i + l)))
+                    prefetch(nxt, b0 + i + _AHEAD)
+                    prefetch(nxt, b0 + i + _AHEAD + 16)
             else:
                 for i in range(0, nv, _LANES):
                     for l in range(_LANES):
                         e = cexp_term(load(row, b0 + i + l) - m)
                         put(ebuf, o + i + l, e)
                         put(A, l, at(A, l) + e)
+                        put(M, l, fmax(at(M, l), load(nxt, b0 + i + l)))
+                    prefetch(nxt, b0 + i + _AHEAD)
+                    prefetch(nxt, b0 + i + _AHEAD + 16)
             for i in range(nv, nb):
                 e = cexp_term(load(row, b0 + i) - m)
                 put(ebuf, o + i, e)
                 put(A, i - nv, at(A, i - nv) + e)
+        for i in range(nv, nb):
+            put(M, i - nv, fmax(at(M, i - nv), load(nxt, b0 + i)))
         total += _fold(A)
         if with_d:
             sd += _fold(D)
-    return m, total, sd
+    return m, total, sd, _fold_max(M)
 
 
 @hjit(fastmath=set(STRICT))
@@ -310,6 +335,17 @@ def _fold(A):
             put(A, l, at(A, l) + at(A, l + h))
         h //= 2
     return float(at(A, 0))
+
+
+@hjit(fastmath=set(STRICT))
+def _fold_max(M):
+    """The max of the _LANES values in M, pairwise as _fold. Overwrites M."""
+    h = _LANES // 2
+    while h > 0:
+        for l in range(h):
+            put(M, l, fmax(at(M, l), at(M, l + h)))
+        h //= 2
+    return at(M, 0)
 
 
 @hjit()
@@ -348,13 +384,14 @@ _soft_grad_in = _make_soft_grad_writer(True)
 
 
 @hjit()
-def _ce_row(row, ebuf, grow, y, w, W, eps, z, s, mode):
-    """Loss of one labelled row (float64); writes its gradient unless mode == _FWD: into
-    grow (_GRAD) or over row (_INPLACE). `ebuf` receives the row's exps (_exp_sums): a
-    scratch of _BLOCK for _FWD, else grow itself (a float32/float64 _GRAD) or a scratch
-    row of the compute dtype (in place, float16)."""
+def _ce_row(row, mx, nxt, ebuf, grow, y, w, W, eps, z, s, mode):
+    """(loss of one labelled row (float64), max of row `nxt`); writes its gradient unless
+    mode == _FWD: into grow (_GRAD) or over row (_INPLACE). mx is the row's max, `nxt` the
+    next row or the row itself (see _exp_sums). `ebuf` receives the row's exps
+    (_exp_sums): a scratch of _BLOCK for _FWD, else grow itself (a float32/float64 _GRAD)
+    or a scratch row of the compute dtype (in place, float16)."""
     C = row.size
-    m, total, sd = _exp_sums(row, w, eps > 0.0, ebuf, mode == _FWD)
+    m, total, sd, mx_next = _exp_sums(row, mx, nxt, w, eps > 0.0, ebuf, mode == _FWD)
     lg = math.log(total)
     lse = m + lg
     xy = load(row, y)
@@ -365,7 +402,7 @@ def _ce_row(row, ebuf, grow, y, w, W, eps, z, s, mode):
     if z > 0.0:
         loss += z * wy * lse * lse
     if mode == _FWD:
-        return loss
+        return loss, mx_next
     a = (1.0 - eps) * wy + eps / C * W
     if z > 0.0:
         a += 2.0 * z * wy * lse
@@ -375,7 +412,7 @@ def _ce_row(row, ebuf, grow, y, w, W, eps, z, s, mode):
     dst = row if mode == _INPLACE else grow
     _rescale(ebuf, dst, k1, k2, w)
     store(dst, y, gy)
-    return loss
+    return loss, mx_next
 
 
 @hjit()
@@ -437,7 +474,8 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
     own_o = np.empty(C if strided and mode != _LSE else 0, out.dtype)
     own_e = cempty(x, C if mode == _SOFTMAX else 0)   # softmax's exps, in place or float16
     tx, to, te = _b(own_x), _b(own_o), _b(own_e)   # see `alive`
-    for _ in range(r0, r1):
+    mx = cval(x, 0.0)   # softmax: the row's max, read with the row before (_exp_sums)
+    for r in range(r0, r1):
         b = xs[0] + p * xs[1] + q * xs[2]
         ob = os[0] + p * os[1] + q * os[2]
         row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
@@ -446,7 +484,12 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
         else:
             orow = to if strided else crow(out, ob, C)
             if mode == _SOFTMAX:
-                _softmax_row(row, orow, te)
+                if strided or r == r0:
+                    mx = _row_max(row)
+                ahead = not strided and r + 1 < r1
+                b1 = b + xs[2] if q + 1 < Q else b - q * xs[2] + xs[1]   # row r + 1
+                nxt = crow(x, b1, C) if ahead else row
+                mx = _softmax_row(row, mx, nxt, orow, te)
             else:
                 _log_softmax_row(row, orow)
             if strided:
@@ -477,10 +520,13 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
     # the exps of _ce_row: a block for the forward, a row where grow cannot hold them
     own_e = cempty(x, _BLOCK if mode == _FWD else (C if mode == _INPLACE or is_half(x) else 0))
     tx, tg, te = _b(own_x), _b(own_g), _b(own_e)   # see `alive`
-    for _ in range(r0, r1):
+    mx = cval(x, 0.0)
+    ahead = False   # mx is the max of this row, read with the row before (_exp_sums)
+    for r in range(r0, r1):
         y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         b = xs[0] + p * xs[1] + q * xs[2]
         gb = gs[0] + p * gs[1] + q * gs[2]
+        q1, p1 = (0, p + 1) if q + 1 == Q else (q + 1, p)
         loss = 0.0
         if y == ignore:
             if mode != _FWD:
@@ -494,14 +540,20 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
             grow = tg if strided else crow(g, gb, C)
             ebuf = te if mode != _GRAD else compute_or(grow, te)
-            loss = _ce_row(row, ebuf, grow, y, w, W, eps, z, s, mode)
+            if not ahead:
+                mx = _row_max(row)
+            nxt = row
+            ahead = False
+            if not strided and r + 1 < r1:   # read the next row's max if it will be needed
+                y1 = at(lab, ls[0] + p1 * ls[1] + q1 * ls[2])
+                if y1 != ignore and 0 <= y1 < C:
+                    nxt = crow(x, xs[0] + p1 * xs[1] + q1 * xs[2], C)
+                    ahead = True
+            loss, mx = _ce_row(row, mx, nxt, ebuf, grow, y, w, W, eps, z, s, mode)
             if strided and mode != _FWD:
                 _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
         put(out, os[0] + p * os[1] + q * os[2], loss)
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        q, p = q1, p1
     alive(own_x), alive(own_g), alive(own_e)
 
 
@@ -639,7 +691,8 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
             else:
                 b = xs[0] + p * xs[1] + q * xs[2]
                 row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-                loss = _ce_row(row, te, row, y, w, W, eps, z, 1.0, _FWD)
+                loss, _ = _ce_row(row, _row_max(row), row, te, row, y, w, W, eps, z, 1.0,
+                                  _FWD)
                 hit = _top1_row(row, y)
         put(out, os[0] + p * os[1] + q * os[2], loss)
         put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
@@ -1199,8 +1252,9 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
             continue
         grow = crow(g, gb + r * C, C if mode == _GRAD else 0)
         ebuf = compute_or(grow, scratch) if mode == _GRAD else scratch
-        put(out, ob + r, _ce_row(row, ebuf, grow, code, w, 0.0, 0.0, 0.0,
-                                 at(sc, sb + r * sr), mode))
+        loss, _ = _ce_row(row, m, row, ebuf, grow, code, w, 0.0, 0.0, 0.0,
+                          at(sc, sb + r * sr), mode)
+        put(out, ob + r, loss)
 
 
 def _few_classes(xb, xo, N, C, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode):
