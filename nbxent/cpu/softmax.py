@@ -19,9 +19,10 @@ pass 2 sum(exp(x - m)) in float32 vector partial sums over blocks of `_BLOCK` el
 blocks accumulated in float64 (cross-entropy and softmax: `_exp_sums`, in an order fixed
 by its source, keeping each exp(x - m) for pass 3); lse = m + log(sum) in float64; pass 3
 (softmax, log_softmax, gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`.
-Cross-entropy reads the next row's max in its pass 2 (and prefetches the rows after), so
-that the reads from memory overlap the exp arithmetic. exp(x - m) rather than exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a
-row reaches the sum (exp(NaN) = NaN) and so every result of that row.
+Cross-entropy and softmax read the next row's max in pass 2 (and prefetch the rows after),
+so that the reads from memory overlap the exp arithmetic. exp(x - m) rather than
+exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
+(exp(NaN) = NaN) and so every result of that row.
 
 Small C (C <= `_SMALL_C`, any class stride; cross_entropy only): blocks of
 `_SMALL_R` rows are copied class-major into scratch and every step (max, exp sums, log,
