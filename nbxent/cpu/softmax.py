@@ -384,13 +384,17 @@ _soft_grad_out = _make_soft_grad_writer(False)
 _soft_grad_in = _make_soft_grad_writer(True)
 
 
-@hjit()
+@hjit(inline="always")
 def _ce_row(row, mx, nxt, ebuf, grow, y, w, W, eps, z, s, mode):
     """(loss of one labelled row (float64), max of row `nxt`); writes its gradient unless
     mode == _FWD: into grow (_GRAD) or over row (_INPLACE). mx is the row's max, `nxt` the
     next row or the row itself (see _exp_sums). `ebuf` receives the row's exps
     (_exp_sums): a scratch of _BLOCK for _FWD, else grow itself (a float32/float64 _GRAD)
-    or a scratch row of the compute dtype (in place, float16)."""
+    or a scratch row of the compute dtype (in place, float16).
+
+    Inlined into its callers by Numba (they compile with the same fast-math flags): as a
+    call it cost four reference-count calls and the marshalling of five arrays per row,
+    10% of a (4096, 1000) forward on one thread, 3-4% of (65536, 1000) on two."""
     C = row.size
     m, total, sd, mx_next = _exp_sums(row, mx, nxt, w, eps > 0.0, ebuf, mode == _FWD)
     lg = math.log(total)
