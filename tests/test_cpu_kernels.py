@@ -299,7 +299,7 @@ def test_hot_loops_vectorise_without_gathers():
     import nbxent
     b = rng.standard_normal((64, 8)).astype(F32)
     nbxent.binary_cross_entropy_with_logits_with_grad(b, (b > 0).astype(F32))
-    loops = (K._exp_sums, K._rescale, K._row_max, K._sumexp, KB._logits_grad_block)
+    loops = (K._exp_sums, K._rescale, K._row_max, K._lse, KB._logits_grad_block)
     for f in loops:
         sigs = [s for s in f.signatures if str(s[0]) == "array(float32, 1d, C)"]
         assert sigs, f"{f.__name__} was not compiled for float32 rows"
@@ -325,9 +325,10 @@ def test_row_sums_keep_their_partial_sums_off_the_heap():
 
 
 def test_rows_read_ahead_have_the_bits_of_rows_alone():
-    """cross_entropy's and softmax's large-C kernels read the next row's max during this
-    row's sums, when the next row is in the same work item (and, for cross_entropy, will
-    be needed: its label neither ignored nor out of range). Every row's results are those
+    """The large-C kernels of cross_entropy, softmax, log_softmax and logsumexp read the
+    next row's max during this row's sums, when the next row is in the same work item
+    (and, for cross_entropy, will be needed: its label neither ignored nor out of range).
+    Every row's results are those
     of the row computed alone, whatever its neighbours (ignored, out of range, infinite,
     NaN rows among them), in every mode, with and without smoothing, at work-item edges
     and where row r + 1 starts the next p of (P, Q, C), and in a class-strided layout
@@ -378,16 +379,38 @@ def test_rows_read_ahead_have_the_bits_of_rows_alone():
             assert np.array_equal(one[0, 0], loss[p, q], equal_nan=True), (p, q, eps)
             assert np.array_equal(g1[0, 0], grad[p, q], equal_nan=True), (p, q, eps)
 
-    sm = np.empty_like(x)
-    K.softmax(x, sm)
-    si, st = x.copy(), np.empty_like(x)
-    K.softmax(si, si)
-    K.softmax(xt, st)
-    assert np.array_equal(si, sm, equal_nan=True) and np.array_equal(st, sm, equal_nan=True)
-    for p, q in picks:
-        one = np.empty((1, 1, C), F32)
-        K.softmax(x[alone(p, q)], one)
-        assert np.array_equal(one[0, 0], sm[p, q], equal_nan=True), (p, q)
+    for name, f, out_shape in (("softmax", K.softmax, shape),
+                               ("log_softmax", K.log_softmax, shape),
+                               ("logsumexp", K.logsumexp, (P, Q))):
+        got, st = np.empty(out_shape, F32), np.empty(out_shape, F32)
+        f(x, got)
+        f(xt, st)
+        assert np.array_equal(st, got, equal_nan=True), name
+        if out_shape == shape:
+            si = x.copy()
+            f(si, si)
+            assert np.array_equal(si, got, equal_nan=True), name
+        for p, q in picks:
+            one = np.empty((1, 1) + out_shape[2:], F32)
+            f(x[alone(p, q)], one)
+            assert np.array_equal(one[0, 0], got[p, q], equal_nan=True), (name, p, q)
+
+
+def test_long_rows_without_read_ahead():
+    """logsumexp and log_softmax rows of more than _SUMEXP_AHEAD_MAX elements are not read
+    ahead: each row takes its own max (rows of very different maxima, several to a work
+    item)."""
+    rng = np.random.default_rng(13)
+    C = K._SUMEXP_AHEAD_MAX + 5
+    n = 64
+    assert K._rows_per_chunk(n, C) > 1
+    x = logits(rng, (1, n, C), F32)
+    x[0] += F32(rng.choice([-300.0, 0.0, 200.0], n))[:, None]   # a stale max: exp overflows
+    lse, ls = np.empty((1, n), F32), np.empty_like(x)
+    K.logsumexp(x, lse)
+    K.log_softmax(x, ls)
+    close(lse, ref_lse(x), TOL[F32], "lse")
+    close(ls, x.astype(F64) - ref_lse(x)[..., None], 1e-5, "log_softmax")
 
 
 @pytest.mark.parametrize("C", [12, 40, 64])

@@ -58,6 +58,7 @@ from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_term, clog, compute_
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
 _AHEAD = 1024        # elements ahead of the next row's read that _exp_sums prefetches
+_SUMEXP_AHEAD_MAX = 32768   # the longest rows that logsumexp/log_softmax read ahead
 _RED_BLOCK = 16384   # rows per partial of sum_rows/label_stats (fixed: thread-count free)
 # cross_entropy with C <= _SMALL_C, any layout, is vectorised across rows. On Zen 5 it beat
 # the per-row kernel 1.5-6x forward from 17 to 64 classes (10_000_000 elements, 2 threads:
@@ -127,37 +128,59 @@ def _row_max(row):
 
 
 @hjit()
-def _shift(row):
-    """The shift of PyTorch's logsumexp: the row max, or 0 when it is infinite."""
-    m = _row_max(row)
-    return cval(row, 0.0) if (m == np.inf or m == -np.inf) else m
+def _shift_of(row, mx):
+    """The shift of PyTorch's logsumexp for a row whose max is mx: mx, or 0 when infinite."""
+    return cval(row, 0.0) if (mx == np.inf or mx == -np.inf) else mx
 
 
 @hjit()
-def _sumexp(row, m):
-    """sum(exp(row - m)) in float64: compute-dtype partial sums over blocks of _BLOCK.
+def _shift(row):
+    return _shift_of(row, _row_max(row))
+
+
+@hjit(inline="always")
+def _sumexp_ahead(row, m, nxt):
+    """(sum(exp(row - m)) in float64, max of `nxt`): compute-dtype partial sums over blocks
+    of _BLOCK; `nxt`, a row of the same size, is read in the same loop for its max and
+    prefetched _AHEAD elements ahead, as in _exp_sums (the next row, or `row` itself).
 
     m is _shift(row): other than 0, it is the row's finite max (or NaN), every x - m is
     <= 0 or NaN and the sum has a term 1, the domain of the cheaper cexp_term. m == 0
     (an infinite max, or a max of 0) takes the general exp."""
     n = row.size
     total = 0.0
+    mx = cval(row, -np.inf)
     for b0 in range(0, n, _BLOCK):
         acc = cval(row, 0.0)
         if m != 0.0:
-            for c in range(b0, min(b0 + _BLOCK, n)):
-                acc += cexp_term(load(row, c) - m)
+            b1 = min(b0 + _BLOCK, n)
+            for c0 in range(b0, b1, 64):
+                for k in range(4):   # a line each
+                    prefetch(nxt, c0 + _AHEAD + 16 * k)
+                for c in range(c0, min(c0 + 64, b1)):
+                    acc += cexp_term(load(row, c) - m)
+                    mx = fmax(mx, load(nxt, c))
         else:
             for c in range(b0, min(b0 + _BLOCK, n)):
                 acc += cexp(load(row, c) - m)
+                mx = fmax(mx, load(nxt, c))
         total += acc
+    return total, mx
+
+
+@hjit()
+def _sumexp(row, m):
+    """sum(exp(row - m)), as _sumexp_ahead without a next row."""
+    total, _ = _sumexp_ahead(row, m, row)
     return total
 
 
 @hjit()
-def _lse(row):
-    m = _shift(row)
-    return m + math.log(_sumexp(row, m))
+def _lse(row, mx, nxt):
+    """(logsumexp of `row`, whose max is mx; max of `nxt`): see _sumexp_ahead."""
+    m = _shift_of(row, mx)
+    total, mx_next = _sumexp_ahead(row, m, nxt)
+    return m + math.log(total), mx_next
 
 
 @hjit()
@@ -174,11 +197,15 @@ def _softmax_row(row, mx, nxt, orow, scratch):
 
 
 @hjit()
-def _log_softmax_row(row, orow):
-    m = _shift(row)
-    lg = cval(row, math.log(_sumexp(row, m)))
+def _log_softmax_row(row, mx, nxt, orow):
+    """log_softmax of `row` (max mx) into `orow`, returning the max of `nxt` (see
+    _sumexp_ahead)."""
+    m = _shift_of(row, mx)
+    total, mx_next = _sumexp_ahead(row, m, nxt)
+    lg = cval(row, math.log(total))
     for c in range(row.size):
         store(orow, c, sub2(load(row, c), m, lg))
+    return mx_next
 
 
 @hjit()
@@ -479,24 +506,29 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
     own_o = np.empty(C if strided and mode != _LSE else 0, out.dtype)
     own_e = cempty(x, C if mode == _SOFTMAX else 0)   # softmax's exps, in place or float16
     tx, to, te = _b(own_x), _b(own_o), _b(own_e)   # see `alive`
-    mx = cval(x, 0.0)   # softmax: the row's max, read with the row before (_exp_sums)
+    mx = cval(x, 0.0)
+    ahead = False   # mx is this row's max, read with the row before (_exp_sums, _sumexp_ahead)
     for r in range(r0, r1):
         b = xs[0] + p * xs[1] + q * xs[2]
         ob = os[0] + p * os[1] + q * os[2]
         row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
+        if not ahead:
+            mx = _row_max(row)
+        # (logsumexp and log_softmax rows of over _SUMEXP_AHEAD_MAX elements: no read-ahead;
+        # two such rows at once overflow L2, and their reassociated sums were near the read
+        # bandwidth already: 1024 x 128256 logsumexp 15-25% slower with it)
+        ahead = not strided and r + 1 < r1 and (mode == _SOFTMAX or C <= _SUMEXP_AHEAD_MAX)
+        b1 = b + xs[2] if q + 1 < Q else b - q * xs[2] + xs[1]   # row r + 1
+        nxt = crow(x, b1, C) if ahead else row
         if mode == _LSE:
-            store(out, ob, _lse(row))
+            v, mx = _lse(row, mx, nxt)
+            store(out, ob, v)
         else:
             orow = to if strided else crow(out, ob, C)
             if mode == _SOFTMAX:
-                if strided or r == r0:
-                    mx = _row_max(row)
-                ahead = not strided and r + 1 < r1
-                b1 = b + xs[2] if q + 1 < Q else b - q * xs[2] + xs[1]   # row r + 1
-                nxt = crow(x, b1, C) if ahead else row
                 mx = _softmax_row(row, mx, nxt, orow, te)
             else:
-                _log_softmax_row(row, orow)
+                mx = _log_softmax_row(row, mx, nxt, orow)
             if strided:
                 _scatter(to, out, ob, os[3])
         q += 1
