@@ -135,6 +135,7 @@ def _shift_of(row, mx):
 
 @hjit()
 def _shift(row):
+    """The shift of PyTorch's logsumexp for `row` (see _shift_of)."""
     return _shift_of(row, _row_max(row))
 
 
