@@ -126,11 +126,22 @@ x = np.random.default_rng(0).standard_normal((4096, 8000)).astype(np.float32)
 y = np.zeros(4096, np.int64)
 nbxent.cross_entropy_with_grad(x[:8], y[:8])
 nbxent.logsumexp(x[:8])   # compiled before the signal: it is to land in running kernels
+import faulthandler
+faulthandler.dump_traceback_later(45)   # a hang after the signal shows where it is
 print("ready", flush=True)
 while True:
     nbxent.cross_entropy_with_grad(x, y)
     nbxent.logsumexp(x)
 """
+
+
+def _native_stacks(pid: int) -> str:
+    """Every thread's native stack of a live process, by gdb where it is installed."""
+    try:
+        return subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                              capture_output=True, text=True, timeout=60).stdout[-12000:]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no native stacks: {exc})"
 
 
 def test_ctrl_c_during_long_calls_stops_the_process_cleanly(worker_env):
@@ -145,7 +156,14 @@ def test_ctrl_c_during_long_calls_stops_the_process_cleanly(worker_env):
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            native = _native_stacks(proc.pid)
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the worker had not ended 60 s after SIGINT\n--- its stderr:\n"
+                        f"{err[-6000:]}\n--- its native stacks:\n{native}")
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGINT, err[-2000:]
