@@ -325,8 +325,8 @@ def test_row_sums_keep_their_partial_sums_off_the_heap():
 
 
 def test_rows_read_ahead_have_the_bits_of_rows_alone():
-    """The large-C kernels of cross_entropy, softmax, log_softmax and logsumexp read the
-    next row's max during this row's sums, when the next row is in the same work item
+    """The large-C kernels of cross_entropy (and of its loss with top-1 hits), softmax,
+    log_softmax and logsumexp read the next row's max during this row's sums, when the next row is in the same work item
     (and, for cross_entropy, will be needed: its label neither ignored nor out of range).
     Every row's results are those
     of the row computed alone, whatever its neighbours (ignored, out of range, infinite,
@@ -369,7 +369,13 @@ def test_rows_read_ahead_have_the_bits_of_rows_alone():
         K.cross_entropy(xi, y, w, IGNORE, eps, 0.0, inp, scale, xi)
         strided = np.empty((P, Q), F32)
         K.cross_entropy(xt, y, w, IGNORE, eps, 0.0, strided)
-        for name, got in (("forward", fwd), ("in place", inp), ("strided", strided)):
+        scored, hits = np.empty((P, Q), F32), np.empty((P, Q), np.uint8)
+        K.cross_entropy_top1(x, y, w, IGNORE, eps, 0.0, scored, hits)
+        hits_alone = np.empty((P, Q), np.uint8)
+        K.top1(x, y, IGNORE, hits_alone)
+        assert np.array_equal(hits, hits_alone), eps
+        for name, got in (("forward", fwd), ("in place", inp), ("strided", strided),
+                          ("with top-1", scored)):
             assert np.array_equal(got, loss, equal_nan=True), (name, eps)
         assert np.array_equal(xi, grad, equal_nan=True), eps
         for p, q in picks:

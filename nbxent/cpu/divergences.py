@@ -42,7 +42,8 @@ from numba import prange
 from nbxent._config import hjit, pjit
 from nbxent.cpu._math import borrow as _b
 from nbxent.cpu._math import cexp, clog, crow, cval, diff_add, load
-from nbxent.cpu.softmax import _BLOCK, _flat, _rows_per_chunk, _shift, _sumexp, _weights
+from nbxent.cpu.softmax import (_BLOCK, _flat, _next_pq, _rows_per_chunk, _shift, _sumexp,
+                                _weights)
 from nbxent.cpu.softmax import _gather as _gather_row
 
 _ENT, _ENT_LOGITS, _KL, _KL_LOGITS = 0, 1, 2, 3
@@ -196,10 +197,7 @@ def _pair_chunk(a, as_, Q, C, b, bs, out, os, mode, r0, r1):
             else:
                 v = _kl_logits_row(row, row2)
         out[os[0] + p * os[1] + q * os[2]] = v
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
 
 
 @pjit()
@@ -224,10 +222,7 @@ def _focal_chunk(x, xs, Q, C, lab, ls, w, ignore, gamma, out, os, r0, r1):
             row = _gather_row(x, b, C, xs[3], tx) if strided else crow(x, b, C)
             loss = _focal_row(row, y, float(w[y]), gamma)
         out[os[0] + p * os[1] + q * os[2]] = loss
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
 
 
 @pjit()
@@ -255,10 +250,7 @@ def _log_loss_chunk(pr, ps, Q, C, lab, ls, lo, hi, sw, ss, out, os, r0, r1):
         v = lo if v < lo else v
         v = hi if v > hi else v
         out[os[0] + p * os[1] + q * os[2]] = sw[ss[0] + p * ss[1] + q * ss[2]] * -math.log(float(v))
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
 
 
 @pjit()
@@ -320,10 +312,7 @@ def _prob_chunk(a, as_, Q, C, tol, r0, r1):
             nan = r * C + cn
         if unnorm < 0 and un:
             unnorm = r
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
     return bad, nan, unnorm
 
 

@@ -19,8 +19,9 @@ pass 2 sum(exp(x - m)) in float32 vector partial sums over blocks of `_BLOCK` el
 blocks accumulated in float64 (cross-entropy and softmax: `_exp_sums`, in an order fixed
 by its source, keeping each exp(x - m) for pass 3); lse = m + log(sum) in float64; pass 3
 (softmax, log_softmax, gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`.
-Cross-entropy and softmax read the next row's max in pass 2 (and prefetch the rows after),
-so that the reads from memory overlap the exp arithmetic. exp(x - m) rather than
+Cross-entropy (and `score`'s cross-entropy with top-1), softmax, and logsumexp and
+log_softmax on rows of up to `_SUMEXP_AHEAD_MAX` read the next row's max in pass 2 (and
+prefetch the rows after), so that the reads from memory overlap the exp arithmetic. exp(x - m) rather than
 exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
 (exp(NaN) = NaN) and so every result of that row.
 
@@ -117,6 +118,12 @@ def _overlaps(out: np.ndarray, inputs) -> bool:
 # ============================================================================ row helpers
 # `row` is a 1-D view of one row (contiguous or strided); values are read with `load`
 # (float16 bits -> float32) and computed in the compute dtype.
+
+
+@hjit()
+def _next_pq(p, q, Q):
+    """(p, q) of the row after row p*Q + q (rows in C order over (P, Q))."""
+    return (p + 1, 0) if q + 1 == Q else (p, q + 1)
 
 
 @hjit()
@@ -347,34 +354,34 @@ def _exp_sums(row, mx, nxt, w, with_d, ebuf, blockwise):
                 put(A, i - nv, at(A, i - nv) + e)
         for i in range(nv, nb):
             put(M, i - nv, fmax(at(M, i - nv), load(nxt, b0 + i)))
-        total += _fold(A)
+        total += float(_fold(A))
         if with_d:
-            sd += _fold(D)
+            sd += float(_fold(D))
     return m, total, sd, _fold_max(M)
 
 
-@hjit(fastmath=set(STRICT))
-def _fold(A):
-    """The sum of the _LANES partial sums in A, added pairwise in a fixed order (lane l
-    and lane l + h, for h = _LANES / 2, ..., 1: vectorised, and 5 dependent adds rather
-    than 32). Overwrites A."""
-    h = _LANES // 2
-    while h > 0:
-        for l in range(h):
-            put(A, l, at(A, l) + at(A, l + h))
-        h //= 2
-    return float(at(A, 0))
+def _pairwise(combine):
+    """A fold of the _LANES values of a scratch A by `combine` (a jitted function of two
+    values), pairwise in a fixed order: lane l and lane l + h, for h = _LANES / 2, ..., 1
+    (vectorised, and 5 dependent steps rather than 32). The fold overwrites A."""
+    @hjit(fastmath=set(STRICT))
+    def fold(A):
+        h = _LANES // 2
+        while h > 0:
+            for l in range(h):
+                put(A, l, combine(at(A, l), at(A, l + h)))
+            h //= 2
+        return at(A, 0)
+    return fold
 
 
 @hjit(fastmath=set(STRICT))
-def _fold_max(M):
-    """The max of the _LANES values in M, pairwise as _fold. Overwrites M."""
-    h = _LANES // 2
-    while h > 0:
-        for l in range(h):
-            put(M, l, fmax(at(M, l), at(M, l + h)))
-        h //= 2
-    return at(M, 0)
+def _add(a, b):
+    return a + b
+
+
+_fold = _pairwise(_add)       # the sum of the lanes' partial sums
+_fold_max = _pairwise(fmax)   # the max of the lanes' maxima
 
 
 @hjit()
@@ -519,8 +526,8 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
         # two such rows at once overflow L2, and their reassociated sums were near the read
         # bandwidth already: 1024 x 128256 logsumexp 15-25% slower with it)
         ahead = not strided and r + 1 < r1 and (mode == _SOFTMAX or C <= _SUMEXP_AHEAD_MAX)
-        b1 = b + xs[2] if q + 1 < Q else b - q * xs[2] + xs[1]   # row r + 1
-        nxt = crow(x, b1, C) if ahead else row
+        p1, q1 = _next_pq(p, q, Q)
+        nxt = crow(x, xs[0] + p1 * xs[1] + q1 * xs[2], C) if ahead else row
         if mode == _LSE:
             v, mx = _lse(row, mx, nxt)
             store(out, ob, v)
@@ -532,10 +539,7 @@ def _rows_chunk(x, xs, Q, C, out, os, mode, r0, r1):
                 mx = _log_softmax_row(row, mx, nxt, orow)
             if strided:
                 _scatter(to, out, ob, os[3])
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
     alive(own_x), alive(own_o), alive(own_e)
 
 
@@ -545,6 +549,18 @@ def _rows_kernel(x, xs, P, Q, C, out, os, mode, rpc):
     n = P * Q
     for k in prange((n + rpc - 1) // rpc):
         _rows_chunk(x, xs, Q, C, out, os, mode, k * rpc, min(n, (k + 1) * rpc))
+
+
+@hjit()
+def _scored_next(x, xs, C, lab, ls, ignore, p, q, row, may):
+    """(row p*Q + q, True) when `may` and _ce_row will score that row (its label is valid
+    and not ignored), else (`row`, False): the `nxt` of _ce_row, whose max it reads
+    ahead."""
+    if may:
+        y = at(lab, ls[0] + p * ls[1] + q * ls[2])
+        if y != ignore and 0 <= y < C:
+            return crow(x, xs[0] + p * xs[1] + q * xs[2], C), True
+    return row, False
 
 
 @hjit()
@@ -564,7 +580,7 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
         y = at(lab, ls[0] + p * ls[1] + q * ls[2])
         b = xs[0] + p * xs[1] + q * xs[2]
         gb = gs[0] + p * gs[1] + q * gs[2]
-        q1, p1 = (0, p + 1) if q + 1 == Q else (q + 1, p)
+        p1, q1 = _next_pq(p, q, Q)
         loss = 0.0
         if y == ignore:
             if mode != _FWD:
@@ -580,18 +596,13 @@ def _ce_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs, sc, ss
             ebuf = te if mode != _GRAD else compute_or(grow, te)
             if not ahead:
                 mx = _row_max(row)
-            nxt = row
-            ahead = False
-            if not strided and r + 1 < r1:   # read the next row's max if it will be needed
-                y1 = at(lab, ls[0] + p1 * ls[1] + q1 * ls[2])
-                if y1 != ignore and 0 <= y1 < C:
-                    nxt = crow(x, xs[0] + p1 * xs[1] + q1 * xs[2], C)
-                    ahead = True
+            nxt, ahead = _scored_next(x, xs, C, lab, ls, ignore, p1, q1, row,
+                                      not strided and r + 1 < r1)
             loss, mx = _ce_row(row, mx, nxt, ebuf, grow, y, w, W, eps, z, s, mode)
             if strided and mode != _FWD:
                 _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
         put(out, os[0] + p * os[1] + q * os[2], loss)
-        q, p = q1, p1
+        p, q = p1, q1
     alive(own_x), alive(own_g), alive(own_e)
 
 
@@ -625,10 +636,7 @@ def _soft_chunk(x, xs, Q, C, pr, ps, w, eps, z, out, os, g, gs, sc, ss, mode, r0
         put(out, os[0] + p * os[1] + q * os[2], _soft_row(row, prow, grow, w, eps, z, s, mode))
         if strided and mode != _FWD:
             _scatter(tg if mode == _GRAD else tx, g, gb, gs[3])
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
     alive(own_x), alive(own_p), alive(own_g)
 
 
@@ -658,10 +666,10 @@ def _nll_kernel(x, xs, P, Q, C, lab, ls, w, ignore, out, os):
 
 
 @hjit()
-def _top1_row(row, y):
+def _top1_row(row, y, m):
     """1 if y is numpy.argmax(row) (the first maximal class; the first NaN when there is
-    one), else 0. Vectorised: a max pass, then a prefix pass over [0, y)."""
-    m = _row_max(row)
+    one), else 0; m is the row's max (_row_max: read only when the row has no NaN).
+    Vectorised: a NaN count, then a prefix pass over [0, y)."""
     nans = 0
     for c in range(row.size):
         v = load(row, c)
@@ -692,12 +700,9 @@ def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
         if y != ignore and 0 <= y < C:   # out of range only unchecked (check=False): a miss
             b = xs[0] + p * xs[1] + q * xs[2]
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-            hit = _top1_row(row, y)
+            hit = _top1_row(row, y, _row_max(row))
         put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = _next_pq(p, q, Q)
     alive(own_x)
 
 
@@ -719,8 +724,11 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
     own_x = np.empty(C if strided else 0, x.dtype)
     own_e = cempty(x, _BLOCK)   # _ce_row's exps
     tx, te = _b(own_x), _b(own_e)   # see `alive`
-    for _ in range(r0, r1):
+    mx = cval(x, 0.0)
+    ahead = False   # mx is the max of this row, read with the row before (_exp_sums)
+    for r in range(r0, r1):
         y = at(lab, ls[0] + p * ls[1] + q * ls[2])
+        p1, q1 = _next_pq(p, q, Q)
         loss = 0.0
         hit = 0
         if y != ignore:
@@ -729,15 +737,16 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
             else:
                 b = xs[0] + p * xs[1] + q * xs[2]
                 row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-                loss, _ = _ce_row(row, _row_max(row), row, te, row, y, w, W, eps, z, 1.0,
-                                  _FWD)
-                hit = _top1_row(row, y)
+                if not ahead:
+                    mx = _row_max(row)
+                m = mx
+                nxt, ahead = _scored_next(x, xs, C, lab, ls, ignore, p1, q1, row,
+                                          not strided and r + 1 < r1)
+                loss, mx = _ce_row(row, m, nxt, te, row, y, w, W, eps, z, 1.0, _FWD)
+                hit = _top1_row(row, y, m)
         put(out, os[0] + p * os[1] + q * os[2], loss)
         put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
-        q += 1
-        if q == Q:
-            q = 0
-            p += 1
+        p, q = p1, q1
     alive(own_x), alive(own_e)
 
 
