@@ -349,6 +349,11 @@ def test_rows_read_ahead_have_the_bits_of_rows_alone():
         flat_x[r, rng.integers(C)] = np.inf
     for r in rng.choice(n, n // 20, replace=False):
         flat_x[r, rng.integers(C)] = np.nan
+    for r in rng.choice(n, n // 50, replace=False):   # the label's class the first NaN: a hit
+        if 0 <= flat_y[r] < C:
+            flat_x[r, flat_y[r]] = np.nan
+            flat_x[r, :flat_y[r]] = np.where(np.isnan(flat_x[r, :flat_y[r]]), F32(0),
+                                             flat_x[r, :flat_y[r]])
     flat_x[1, :] = F32(1e30)
     scale = rng.uniform(0.5, 2.0, (P, Q))
     w = rng.uniform(0.5, 2.0, C).astype(F32)
@@ -374,6 +379,8 @@ def test_rows_read_ahead_have_the_bits_of_rows_alone():
         hits_alone = np.empty((P, Q), np.uint8)
         K.top1(x, y, IGNORE, hits_alone)
         assert np.array_equal(hits, hits_alone), eps
+        nan_hits = np.isnan(x[np.arange(P)[:, None], np.arange(Q), np.clip(y, 0, C - 1)])
+        assert hits[nan_hits & (y >= 0) & (y < C)].all(), eps
         for name, got in (("forward", fwd), ("in place", inp), ("strided", strided),
                           ("with top-1", scored)):
             assert np.array_equal(got, loss, equal_nan=True), (name, eps)

@@ -666,14 +666,17 @@ def _nll_kernel(x, xs, P, Q, C, lab, ls, w, ignore, out, os):
 
 
 @hjit()
-def _top1_row(row, y, m):
+def _top1_row(row, y, m, may_have_nan):
     """1 if y is numpy.argmax(row) (the first maximal class; the first NaN when there is
     one), else 0; m is the row's max (_row_max: read only when the row has no NaN).
-    Vectorised: a NaN count, then a prefix pass over [0, y)."""
+    Vectorised: a NaN count (skipped when not `may_have_nan`: a caller whose loss of the
+    row is not NaN knows the row has none), then a prefix pass over [0, y) when row[y]
+    is the max."""
     nans = 0
-    for c in range(row.size):
-        v = load(row, c)
-        nans += v != v
+    if may_have_nan:
+        for c in range(row.size):
+            v = load(row, c)
+            nans += v != v
     if nans:
         for c in range(row.size):
             v = load(row, c)
@@ -700,7 +703,7 @@ def _top1_chunk(x, xs, Q, C, lab, ls, ignore, hits, hs, r0, r1):
         if y != ignore and 0 <= y < C:   # out of range only unchecked (check=False): a miss
             b = xs[0] + p * xs[1] + q * xs[2]
             row = _gather(x, b, C, xs[3], tx) if strided else crow(x, b, C)
-            hit = _top1_row(row, y, _row_max(row))
+            hit = _top1_row(row, y, _row_max(row), True)
         put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
         p, q = _next_pq(p, q, Q)
     alive(own_x)
@@ -743,7 +746,7 @@ def _ce_top1_chunk(x, xs, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits, hs
                 nxt, ahead = _scored_next(x, xs, C, lab, ls, ignore, p1, q1, row,
                                           not strided and r + 1 < r1)
                 loss, mx = _ce_row(row, m, nxt, te, row, y, w, W, eps, z, 1.0, _FWD)
-                hit = _top1_row(row, y, m)
+                hit = _top1_row(row, y, m, loss != loss)   # a NaN in the row makes it NaN
         put(out, os[0] + p * os[1] + q * os[2], loss)
         put(hits, hs[0] + p * hs[1] + q * hs[2], hit)
         p, q = p1, q1
