@@ -8,7 +8,12 @@ CACHE: Numba's on-disk cache (`cache=True`), off unless NBXENT_CACHE=1 is set be
 is imported. It is opt-in because the cache is keyed by the CPU model and the function's own
 file only (a changed helper in another module does not invalidate it) and concurrent
 processes writing the same cache files have been reported to crash (numba issues 4807,
-10128). With it on, a later process's first call skips most of the compilation.
+10128). With it on, a later process's first call skips most of the compilation. Numba
+optimises a parallel kernel loaded from the cache differently from a fresh compile (numba
+issue 10617), so arithmetic whose order LLVM may choose ('reassoc') can round differently
+in the two: kernels whose results would change are compiled without it (STRICT in
+nbxent.cpu._math), and tests/test_concurrency.py checks that every public call has the
+same bits loaded from the cache as freshly compiled.
 """
 
 from __future__ import annotations

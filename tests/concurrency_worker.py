@@ -3,6 +3,8 @@
     python tests/concurrency_worker.py threads        8 threads, every public call many times
     python tests/concurrency_worker.py thread-counts  every numba.set_num_threads value
     python tests/concurrency_worker.py fork|spawn     children after a parallel call here
+    python tests/concurrency_worker.py bits           every call's result bits (sha256) and
+                                                      the on-disk cache's hits and misses
 
 Each prints one JSON object on its last line: the threading layer and the names of the calls
 whose results differed from the serial ones (or the child's error); exit status 0 when none.
@@ -11,6 +13,7 @@ whose results differed from the serial ones (or the child's error); exit status 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import multiprocessing
 import os
@@ -73,8 +76,42 @@ def check_children(start_method: str, table: dict) -> list[str]:
     return sorted(set(bad))
 
 
+def result_bits(table: dict) -> dict:
+    """name -> sha256 of the call's result bytes (dtype and shape included)."""
+    bits = {}
+    for name, arrays in public_calls.run(table).items():
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        bits[name] = h.hexdigest()
+    return bits
+
+
+def cache_stats() -> tuple[int, int]:
+    """(hits, misses) of the on-disk cache over every CPU kernel of nbxent so far."""
+    from numba.core.registry import CPUDispatcher
+
+    import nbxent.cpu.binary
+    import nbxent.cpu.divergences
+    import nbxent.cpu.softmax
+
+    kernels = {id(v): v for m in (nbxent.cpu.softmax, nbxent.cpu.binary, nbxent.cpu.divergences)
+               for v in [*vars(m).values(), *getattr(m, "_FEW_KERNELS", {}).values()]
+               if isinstance(v, CPUDispatcher)}
+    hits = sum(sum(k.stats.cache_hits.values()) for k in kernels.values())
+    misses = sum(sum(k.stats.cache_misses.values()) for k in kernels.values())
+    return hits, misses
+
+
 def main(mode: str) -> int:
     table = public_calls.calls()
+    if mode == "bits":
+        bits = result_bits(table)
+        hits, misses = cache_stats()
+        print(json.dumps({"layer": nbxent.info()["threading_layer"], "mismatches": [],
+                          "bits": bits, "cache_hits": hits, "cache_misses": misses}))
+        return 0
     if mode == "threads":
         bad = check_threads(table)
     elif mode == "thread-counts":

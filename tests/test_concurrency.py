@@ -79,6 +79,22 @@ def test_8_threads_under_each_threading_layer(layer, worker_env):
     assert report["mismatches"] == [] and report["returncode"] == 0
 
 
+def test_kernels_loaded_from_the_disk_cache_give_the_bits_of_a_fresh_compile(worker_env,
+                                                                            tmp_path):
+    """A process that compiles every kernel (and fills a new cache) and one that loads them
+    all from that cache give the bits of this process's own compilation. Numba optimises a
+    parallel kernel loaded from its cache differently from a fresh compile: arithmetic
+    left to LLVM's reassociation (the small-C kernel's z-loss, once) then differed in the
+    last bit between the two."""
+    env = dict(worker_env, NUMBA_CACHE_DIR=str(tmp_path))
+    first, second = run_worker("bits", env), run_worker("bits", env)
+    assert first["cache_misses"] > 0 and first["cache_hits"] == 0, first
+    assert second["cache_hits"] > 0 and second["cache_misses"] == 0, second
+    here = concurrency_worker.result_bits(public_calls.calls())
+    assert [n for n in here if first["bits"][n] != here[n]] == []
+    assert [n for n in here if second["bits"][n] != here[n]] == []
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_children_after_a_parallel_call_in_the_parent(method, worker_env):
     report = run_worker(method, worker_env)

@@ -21,9 +21,9 @@ by its source, keeping each exp(x - m) for pass 3); lse = m + log(sum) in float6
 (softmax, log_softmax, gradients) writes `exp(x - m) * k` or `(x - m) - log(sum)`.
 Cross-entropy (and `score`'s cross-entropy with top-1), softmax, and logsumexp and
 log_softmax on rows of up to `_SUMEXP_AHEAD_MAX` read the next row's max in pass 2 (and
-prefetch the rows after), so that the reads from memory overlap the exp arithmetic. exp(x - m) rather than
-exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a row reaches the sum
-(exp(NaN) = NaN) and so every result of that row.
+prefetch the rows after), so that the reads from memory overlap the exp arithmetic.
+exp(x - m) rather than exp(x - lse) keeps float32 accuracy when |lse| is large. A NaN in a
+row reaches the sum (exp(NaN) = NaN) and so every result of that row.
 
 Small C (C <= `_SMALL_C`, any class stride; cross_entropy only): blocks of
 `_SMALL_R` rows are copied class-major into scratch and every step (max, exp sums, log,
@@ -892,7 +892,11 @@ def _small_labels(labels, n, T, XY, WY, OK, w, ignore):
 _SMALL_VECS = 11  # per-row scratch vectors of _small_block after the C class vectors
 
 
-@hjit()
+# STRICT (no reassociation): Numba optimises a parallel kernel loaded from its disk cache
+# differently from a fresh compile, and with 'reassoc' the z-loss terms came out in
+# another order (other last bits) in a process that loaded this kernel from the cache.
+# Every step here is per row, vectorised across rows: no reduction needs reassociation.
+@hjit(fastmath=set(STRICT))
 def _small_block(x, xb, xr, xc, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob, orr,
                  g, gb, gr, gc, sc, sb, sr, mode, scratch):
     """Cross-entropy of n <= _SMALL_R rows from x[xb], x[xb + xr], ... with class stride xc
