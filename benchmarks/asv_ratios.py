@@ -24,7 +24,8 @@ for module in (bench_binary, bench_divergences):
             continue
         bench = cls()
         bench.setup()
-        for method in sorted(m for m in dir(bench) if m.startswith("track_") and m.endswith("ratio")):
+        ratios = sorted(m for m in dir(bench) if m.startswith("track_") and m.endswith("ratio"))
+        for method in ratios:
             values = [getattr(bench, method)() for _ in range(5)]
             print(f"{name}.{method}: {statistics.median(values):.1f}x "
                   f"({min(values):.1f}-{max(values):.1f})", flush=True)

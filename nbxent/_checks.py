@@ -8,6 +8,7 @@ reported by `bad_label_error`.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -187,7 +188,7 @@ def _collapse(shape: tuple, strides: tuple, groups: list[list[int]]):
     """Shape and strides of `groups` merged, padded on the left to exactly two entries."""
     out_shape, out_strides = [], []
     for group in groups:
-        size = int(np.prod([shape[d] for d in group], dtype=np.int64))
+        size = int(math.prod(shape[d] for d in group))
         inner = [d for d in group if shape[d] != 1]
         out_shape.append(size)
         out_strides.append(strides[inner[-1]] if inner else 0)
@@ -209,6 +210,7 @@ class RowLayout:
     def __init__(self, lead_shape: tuple, groups: list[list[int]]):
         self.lead_shape = tuple(lead_shape)
         self.groups = groups
+        self._folded: dict = {}   # rows_of's answers: a call asks for the same ones often
 
     @classmethod
     def for_logits(cls, shape: tuple, strides: tuple, axis: int) -> "RowLayout | None":
@@ -226,9 +228,11 @@ class RowLayout:
 
     def rows_of(self, shape: tuple, strides: tuple):
         """(P, Q) shape and strides of an array shaped like the row axes, or None."""
-        if not all(_group_fits(shape, strides, g) for g in self.groups):
-            return None
-        return _collapse(shape, strides, self.groups)
+        key = (tuple(shape), tuple(strides))
+        if key not in self._folded:
+            fits = all(_group_fits(shape, strides, g) for g in self.groups)
+            self._folded[key] = _collapse(shape, strides, self.groups) if fits else None
+        return self._folded[key]
 
     def elements_of(self, shape: tuple, strides: tuple, axis: int):
         """(P, Q, C) shape and strides of an array shaped like the logits, or None."""

@@ -63,7 +63,14 @@ class CpuBackend:
 
     def view(self, a, shape, strides):
         """Zero-copy view for a kernel; float16 is handed over as its uint16 bit patterns."""
-        v = as_strided(a, shape=shape, strides=strides, writeable=bool(a.flags.writeable))
+        v = None
+        if a.flags.c_contiguous:   # over a's buffer: 0.5 us a call, as_strided 4-5 us
+            try:
+                v = np.ndarray(shape, a.dtype, a, 0, strides)
+            except (TypeError, ValueError):   # (not a view of a's buffer: as_strided says why)
+                v = None
+        if v is None:
+            v = as_strided(a, shape=shape, strides=strides, writeable=bool(a.flags.writeable))
         return v.view(np.uint16) if v.dtype == np.float16 else v
 
     def full(self, shape, value, dtype):

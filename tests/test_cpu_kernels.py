@@ -326,13 +326,14 @@ def test_row_sums_keep_their_partial_sums_off_the_heap():
 
 def test_rows_read_ahead_have_the_bits_of_rows_alone():
     """The large-C kernels of cross_entropy (and of its loss with top-1 hits), softmax,
-    log_softmax and logsumexp read the next row's max during this row's sums, when the next row is in the same work item
-    (and, for cross_entropy, will be needed: its label neither ignored nor out of range).
-    Every row's results are those
-    of the row computed alone, whatever its neighbours (ignored, out of range, infinite,
-    NaN rows among them), in every mode, with and without smoothing, at work-item edges
-    and where row r + 1 starts the next p of (P, Q, C), and in a class-strided layout
-    (gathered rows: no read-ahead)."""
+    log_softmax and logsumexp read the next row's max during this row's sums, when the
+    next row is in the same work item (and, for cross_entropy, will be needed: its label
+    neither ignored nor out of range). Every row's results are those of the row computed
+    alone, whatever its neighbours (ignored, out of range, infinite, NaN rows among them),
+    in every mode, with and without smoothing, at work-item edges and where row r + 1
+    starts the next p of (P, Q, C), and in a class-strided layout (gathered rows: no
+    read-ahead); top-1 hits are those of the top-1 kernel, NaN on the label's class a
+    hit."""
     rng = np.random.default_rng(12)
     P, C = 3, 100
     Q = (4 * K._rows_per_chunk(10**6, C) + 7) // P   # several work items, ragged last one
@@ -716,3 +717,26 @@ def test_bit_identical_across_thread_counts():
             assert a == b
         else:
             assert np.array_equal(a, b)
+
+
+def test_kernel_views_keep_memory_strides_and_writeability():
+    """CpuBackend.view (a buffer view for C-ordered arrays, as_strided otherwise) gives
+    exactly the asked shape and strides over the same memory, read-only stays read-only,
+    and broadcasts (stride 0 over a smaller array) and float16 bits work."""
+    from nbxent._dispatch import CpuBackend
+
+    be = CpuBackend()
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)
+    ro = a.copy()
+    ro.flags.writeable = False
+    cases = [(a, (1, 4, 6), (0, 24, 4)), (a, (1, 24), (96, 4)), (a[:, ::2], (1, 4, 3), (0, 24, 8)),
+             (ro, (1, 4, 6), (0, 24, 4)), (np.float32([5.0]), (3, 4), (0, 0)),
+             (a.T, (1, 6, 4), (0, 4, 24)), (a.astype(np.float16), (2, 2, 6), (24, 12, 2))]
+    for arr, shape, strides in cases:
+        v = be.view(arr, shape, strides)
+        assert v.shape == shape and v.strides == strides, (arr.shape, shape)
+        assert v.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+        assert v.flags.writeable == arr.flags.writeable
+        want = np.lib.stride_tricks.as_strided(arr, shape, strides)
+        got = v.view(np.float16) if arr.dtype == np.float16 else v
+        assert np.array_equal(got, want)

@@ -90,11 +90,11 @@ def _flat(a: np.ndarray):
     if any(s % itemsize for s in strides):
         raise ValueError("nbxent kernels need strides that are multiples of the item size")
     el = tuple(s // itemsize for s in strides)
+    if a.flags.writeable and a.flags.c_contiguous:   # the common case, without the span
+        return a.reshape(-1), (0,) + el
     lo = sum((n - 1) * s for n, s in zip(a.shape, el) if s < 0)
     hi = sum((n - 1) * s for n, s in zip(a.shape, el) if s > 0)
     span = hi - lo + 1
-    if a.flags.writeable and lo == 0 and a.flags.c_contiguous:
-        return a.reshape(-1), (0,) + el
     mem = _Memory()
     mem.owner = a
     mem.__array_interface__ = {
