@@ -67,7 +67,7 @@ class CpuBackend:
         if a.flags.c_contiguous:   # over a's buffer: 0.5 us a call, as_strided 4-5 us
             try:
                 v = np.ndarray(shape, a.dtype, a, 0, strides)
-            except (TypeError, ValueError):   # (not a view of a's buffer: as_strided says why)
+            except (TypeError, ValueError):   # reaches outside a's buffer: as_strided below
                 v = None
         if v is None:
             v = as_strided(a, shape=shape, strides=strides, writeable=bool(a.flags.writeable))

@@ -740,3 +740,20 @@ def test_kernel_views_keep_memory_strides_and_writeability():
         want = np.lib.stride_tricks.as_strided(arr, shape, strides)
         got = v.view(np.float16) if arr.dtype == np.float16 else v
         assert np.array_equal(got, want)
+
+
+def test_jitted_closures_close_over_plain_values_only():
+    """Numba's disk cache keys a closure by its cell values, pickled: a jitted function or
+    an intrinsic there pickles differently in every process, so NBXENT_CACHE=1 missed and
+    the cache index grew by one entry per process (the pairwise folds, once). Closures
+    hold bools, numbers and strings only."""
+    from numba.core.registry import CPUDispatcher
+
+    from nbxent.cpu import divergences as KD
+
+    plain = (bool, int, float, str, type(None))
+    for module in (K, KB, KD, _math):
+        for name, f in [*vars(module).items(), *getattr(module, "_FEW_KERNELS", {}).items()]:
+            if isinstance(f, CPUDispatcher) and f.py_func.__closure__:
+                cells = [c.cell_contents for c in f.py_func.__closure__]
+                assert all(isinstance(v, plain) for v in cells), (module.__name__, name, cells)

@@ -360,28 +360,26 @@ def _exp_sums(row, mx, nxt, w, with_d, ebuf, blockwise):
     return m, total, sd, _fold_max(M)
 
 
-def _pairwise(combine):
-    """A fold of the _LANES values of a scratch A by `combine` (a jitted function of two
-    values), pairwise in a fixed order: lane l and lane l + h, for h = _LANES / 2, ..., 1
-    (vectorised, and 5 dependent steps rather than 32). The fold overwrites A."""
+def _pairwise(take_max):
+    """A fold of the _LANES values of a scratch A, their max (`take_max`) or their sum,
+    pairwise in a fixed order: lane l and lane l + h, for h = _LANES / 2, ..., 1
+    (vectorised, and 5 dependent steps rather than 32). The fold overwrites A. (The
+    closure holds a bool, not a jitted function: a closure over a dispatcher gets a new
+    disk-cache key in every process.)"""
     @hjit(fastmath=set(STRICT))
     def fold(A):
         h = _LANES // 2
         while h > 0:
             for l in range(h):
-                put(A, l, combine(at(A, l), at(A, l + h)))
+                a, b = at(A, l), at(A, l + h)
+                put(A, l, fmax(a, b) if take_max else a + b)
             h //= 2
         return at(A, 0)
     return fold
 
 
-@hjit(fastmath=set(STRICT))
-def _add(a, b):
-    return a + b
-
-
-_fold = _pairwise(_add)       # the sum of the lanes' partial sums
-_fold_max = _pairwise(fmax)   # the max of the lanes' maxima
+_fold = _pairwise(False)      # the sum of the lanes' partial sums
+_fold_max = _pairwise(True)   # the max of the lanes' maxima
 
 
 @hjit()
