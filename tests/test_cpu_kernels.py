@@ -519,11 +519,16 @@ CE_CASES = [
     (F64, (2, 37, 2), "S", np.int32, False, 0.0, 0.0),
     (F16, (1, 45, 2), "F", np.int64, True, 0.0, 0.0),
     (F32, (3, 50, 2), "F", np.int64, False, 0.0, 0.0),
-    # few-classes path (3 <= C <= 8 compiled per C, no smoothing, no z-loss, rows one run):
-    # several work items and a partial one, every dtype
+    # few-classes path (compiled per C, no smoothing, no z-loss, rows one run; see
+    # K._takes_few): the forward for 3 <= C <= K._FEW_C, the gradient (and so the fused
+    # loss, which must have the forward's bits) for C = 8 only; several work items and a
+    # partial one, every dtype
     (F32, (1, 2 * K._FEW_SUB * K._FEW_ITEM + 5, 3), "C", np.int64, True, 0.0, 0.0),
     (F64, (2, 40, 7), "C", np.int32, True, 0.0, 0.0),
     (F16, (2, 30, 5), "C", np.int64, False, 0.0, 0.0),
+    (F32, (1, 2 * K._FEW_SUB * K._FEW_ITEM + 5, 8), "C", np.int64, True, 0.0, 0.0),
+    (F16, (2, 30, 8), "C", np.int64, False, 0.0, 0.0),
+    (F64, (2, 40, 10), "C", np.int64, True, 0.0, 0.0),
 ]
 
 
@@ -557,7 +562,7 @@ def test_cross_entropy(dtype, shape, kind, ldt, weighted, eps, z):
     assert np.array_equal(xi, grad), "in-place gradient differs from out-of-place"
 
 
-@pytest.mark.parametrize("C", [2, 10, 100])
+@pytest.mark.parametrize("C", [2, 8, 10, 100])
 def test_cross_entropy_special_rows(C):
     rng = np.random.default_rng(6)
     a = logits(rng, (1, 8, C), F32)
@@ -582,6 +587,28 @@ def test_cross_entropy_special_rows(C):
     assert np.isnan(loss[0, 2]) and np.isnan(grad[0, 2]).all()
     assert loss[0, 6] == 0 and (grad[0, 6] == 0).all()
     assert np.isfinite(loss[0, 1])
+    forward = np.empty((1, 8), F32)   # another kernel than the fused call's for some C
+    K.cross_entropy(a, y, w, IGNORE, 0.0, 0.0, forward)
+    assert np.array_equal(forward, loss, equal_nan=True)
+
+
+def test_few_classes_kernels_take_the_calls_they_are_fastest_at(monkeypatch):
+    """The forward of 3..K._FEW_C classes and the gradient of 8 go to the few-classes
+    kernels; other gradients, and C past K._FEW_C, go to the small-C kernel."""
+    taken = []
+    few = K._few_classes
+    monkeypatch.setattr(K, "_few_classes", lambda *args: taken.append(args[3]) or few(*args))
+    rng = np.random.default_rng(7)
+    w = np.empty(0, F32)
+    for C, with_grad in [(3, False), (K._FEW_C, False), (K._FEW_C + 1, False),
+                         (4, True), (8, True), (10, True)]:
+        x = logits(rng, (1, 40, C), F32)
+        y = rng.integers(0, C, (1, 40))
+        loss = np.empty((1, 40), F32)
+        grad = (np.broadcast_to(np.float64(1.0), (1, 40)), np.empty_like(x)) if with_grad else ()
+        K.cross_entropy(x, y, w, IGNORE, 0.0, 0.0, loss, *grad)
+        close(loss, ref_ce(x, y, w, 0.0, 0.0)[0], 2e-6, f"C={C}")
+    assert taken == [3, K._FEW_C, 8]
 
 
 def test_cross_entropy_all_ignored():

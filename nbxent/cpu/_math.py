@@ -44,6 +44,17 @@ def _sjit(**options):
     return hjit(fastmath=set(STRICT), **options)
 
 
+def host_has(feature: str) -> bool:
+    """Whether LLVM reports the CPU feature (e.g. "f16c", "avx512f") on this host, whose
+    instructions the kernels are compiled for; False where it cannot tell."""
+    try:
+        from llvmlite import binding as llvm
+
+        return f"+{feature}" in llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:  # no feature query on this platform
+        return False
+
+
 # ----------------------------------------------------------------------------- intrinsics
 
 
@@ -411,12 +422,7 @@ def log64(x):
 # With F16C (every x86-64 CPU since 2012) LLVM lowers half <-> float conversions to single
 # vcvtph2ps/vcvtps2ph instructions that vectorise; without it, it would call compiler-rt
 # routines Numba's JIT may not resolve, so the bit-twiddling versions below are used.
-try:
-    from llvmlite import binding as _llvm
-
-    _NATIVE_HALF = "+f16c" in _llvm.get_host_cpu_features().flatten().split(",")
-except Exception:  # no feature query on this platform
-    _NATIVE_HALF = False
+_NATIVE_HALF = host_has("f16c")
 
 
 @intrinsic

@@ -31,7 +31,7 @@ loss, gradient) is vectorised across rows; C stays a runtime value (one compilat
 Without label smoothing and z-loss two cases go faster: C == 2 (`_pair_kernel`: the loss
 is softplus(x_other - x_y), rows read in place) and, for rows that are one contiguous run,
 3 <= C <= `_FEW_C` (`_few_loss_kernel`: compiled once per C, rows read in place with C a
-compile-time constant).
+compile-time constant; with a gradient only C = `_FEW_GRAD_C`, see `_takes_few`).
 
 Determinism: per-row results depend only on the row (and which of those kernels its call
 takes, by C and options: never by the number of rows); `sum_rows` and `label_stats`
@@ -53,8 +53,8 @@ from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
 from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_term, clog, compute_or, crow, cval,
-                              diff_add, fmax, is_half, load, prefetch, put, srow, stack_scratch,
-                              store, sub2)
+                              diff_add, fmax, host_has, is_half, load, prefetch, put, srow,
+                              stack_scratch, store, sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
@@ -1161,7 +1161,7 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 
 
 # ============================================================================ few classes
-# 3 <= C <= _FEW_C, rows one contiguous run, no smoothing or z-loss. The losses come from
+# 3 <= C <= _FEW_C (see _takes_few), rows one contiguous run, no smoothing or z-loss. The losses come from
 # a kernel compiled per C (_few_loss_kernel): rows walked in place as for two classes, with
 # C a compile-time constant, so that LLVM unrolls the class loops and vectorises across
 # rows (interleaved loads), 2x the small-C kernel. Gradients (from each row's shift and
@@ -1170,16 +1170,30 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
 # closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
 
-# The largest C taken. On Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a
-# third of the small-C kernel's speed). On Zen 5 (AVX-512) its interleaved loads stop at
-# 8 classes and C = 9 and 10 load each class with gathers: 10_000_000 elements, 2 threads,
-# forward 7.8-9.3 ms against the small-C kernel's 5.8-6.3, fused 20-24 ms against 11-12.
-# Up to 8 the forward is 1.5-3x the small-C kernel's (the fused call 0.6-1.4x).
-_FEW_C = 8
+# Which calls the few-classes kernels take (_takes_few). Without a gradient, C up to
+# _FEW_C: on Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a third of the
+# small-C kernel's speed); on Zen 5 (AVX-512) its interleaved loads stop at 8 classes and C
+# = 9 and 10 load each class with gathers (10_000_000 elements, 2 threads: forward 7.8-9.3
+# ms against the small-C kernel's 5.8-6.3), while on Zen 3 C = 9 and 10 run at 2x the
+# small-C kernel (8.5-9.0 ms against 19.5-19.7; 2026-12-02). Below that the forward is
+# 1.5-3x the small-C kernel's on both. With a gradient, only C = _FEW_GRAD_C: the gradient
+# pass (C a run-time value) is 1.3-1.6x the small-C kernel's there, but 0.6-0.9x for C = 4
+# to 7 in every dtype and 0.25-0.35x for float16 C = 7, 9, 10 (Zen 3, 1_000_000 rows, 2
+# threads); Zen 5 measured 0.6-1.4x over C = 3-8 and 0.5x at C = 9, 10. Both kernels give
+# a row's loss the same bits, so the choice changes speed only (and the gradient's last
+# bits in places).
+_FEW_C = 8 if host_has("avx512f") else 10
+_FEW_GRAD_C = 8
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
 _FLAGGED = -1.0    # the sum of exps of a row left to _few_fixup_kernel (infinite max)
+
+
+def _takes_few(C, mode):
+    """Whether a call of C classes (rows one run, no smoothing or z-loss) goes to the
+    few-classes kernels, by whether it computes a gradient (see _FEW_C)."""
+    return 3 <= C <= _FEW_C if mode == _FWD else C == _FEW_GRAD_C
 
 
 def _few_loss_kernel(C):
@@ -1476,7 +1490,7 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
         # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
         # vectorised exp64/log64, is 2x faster there)
         _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os, gb, gs, sb, ss, mode)
-    elif 3 <= C <= _FEW_C and smoothing == 0 and z_loss == 0 and \
+    elif _takes_few(C, mode) and smoothing == 0 and z_loss == 0 and \
             (run := _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)):
         _few_classes(xb, xs[0], P * Q, C, lb, ls[0], run[0], w, int(ignore_index), ob, os[0],
                      gb, gs[0], sb, ss[0], run[1], mode)
