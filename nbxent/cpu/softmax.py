@@ -760,6 +760,9 @@ def _ce_top1_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, hits
                        k * rpc, min(n, (k + 1) * rpc))
 
 
+# The parallel loops pass their index to the block functions as np.int64(k): Numba types
+# the loop body twice, the second time (the outlined parallel body) with k unsigned, and
+# would compile each block function again for that signature (0.5-0.9 s of a first call).
 @hjit()
 def _block_start(k, Q):
     r0 = k * _RED_BLOCK
@@ -820,7 +823,7 @@ def _label_stats_kernel(lab, ls, P, Q, C, ignore, w):
     firsts = np.empty(nblk, np.int64)
     partials = np.empty(nblk, np.float64)
     for k in prange(nblk):
-        first, part = _label_block(lab, ls, Q, n, C, ignore, w, k)
+        first, part = _label_block(lab, ls, Q, n, C, ignore, w, np.int64(k))
         put(firsts, k, first)
         put(partials, k, part)
     first_bad = -1
@@ -861,7 +864,7 @@ def _sum_kernel(v, vs, P, Q):
     nblk = (n + _RED_BLOCK - 1) // _RED_BLOCK
     partials = np.empty(nblk, np.float64)
     for k in prange(nblk):
-        put(partials, k, _sum_block(v, vs, Q, n, k))
+        put(partials, k, _sum_block(v, vs, Q, n, np.int64(k)))
     total = 0.0
     for k in range(nblk):
         total += at(partials, k)
