@@ -45,8 +45,8 @@ def _sjit(**options):
 
 
 def host_has(feature: str) -> bool:
-    """Whether LLVM reports the CPU feature (e.g. "f16c", "avx512f") on this host, whose
-    instructions the kernels are compiled for; False where it cannot tell."""
+    """Whether LLVM reports the CPU feature (e.g. "f16c", "avx512f") on this host, which
+    Numba compiles for unless NUMBA_CPU_NAME says otherwise; False where it cannot tell."""
     try:
         from llvmlite import binding as llvm
 

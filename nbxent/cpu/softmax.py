@@ -34,11 +34,11 @@ is softplus(x_other - x_y), rows read in place) and, for rows that are one conti
 compile-time constant; with a gradient only C = `_FEW_GRAD_C`, see `_takes_few`).
 
 Determinism: per-row results depend only on the row (and which of those kernels its call
-takes, by C and options: never by the number of rows); `sum_rows` and `label_stats`
-reduce fixed blocks of `_RED_BLOCK` rows in parallel and combine the partials in block
-order. Options (weight, smoothing, z_loss, gradient or not, in place or not) are runtime
-values branched on outside the inner loops: each kernel compiles once per dtype (and label
-dtype), the few-classes kernels once per C too.
+takes, by C, options and the CPU's vector width: never by the number of rows); `sum_rows`
+and `label_stats` reduce fixed blocks of `_RED_BLOCK` rows in parallel and combine the
+partials in block order. Options (weight, smoothing, z_loss, gradient or not, in place or
+not) are runtime values branched on outside the inner loops: each kernel compiles once per
+dtype (and label dtype), the few-classes kernels once per C too.
 """
 
 from __future__ import annotations
@@ -1164,14 +1164,15 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 
 
 # ============================================================================ few classes
-# 3 <= C <= _FEW_C (see _takes_few), rows one contiguous run, no smoothing or z-loss. The losses come from
-# a kernel compiled per C (_few_loss_kernel): rows walked in place as for two classes, with
-# C a compile-time constant, so that LLVM unrolls the class loops and vectorises across
-# rows (interleaved loads), 2x the small-C kernel. Gradients (from each row's shift and
-# sum, which it keeps) and rows with an infinite max (the general row code) are functions
-# compiled once for every C: code linked into the per-C kernel is optimised again with
-# every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
-# closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
+# 3 <= C <= _FEW_C (see _takes_few), rows one contiguous run, no smoothing or z-loss. The
+# losses come from a kernel compiled per C (_few_loss_kernel): rows walked in place as for
+# two classes, with C a compile-time constant, so that LLVM unrolls the class loops and
+# vectorises across rows (interleaved loads), 2x the small-C kernel. Gradients (from each
+# row's shift and sum, which it keeps) and rows with an infinite max (the general row code)
+# are functions compiled once for every C: code linked into the per-C kernel is optimised
+# again with every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted
+# closure (a closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE
+# missed).
 
 # Which calls the few-classes kernels take (_takes_few). Without a gradient, C up to
 # _FEW_C: on Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a third of the
@@ -1182,9 +1183,9 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # 1.5-3x the small-C kernel's on both. With a gradient, only C = _FEW_GRAD_C: the gradient
 # pass (C a run-time value) is 1.3-1.6x the small-C kernel's there, but 0.6-0.9x for C = 4
 # to 7 in every dtype and 0.25-0.35x for float16 C = 7, 9, 10 (Zen 3, 1_000_000 rows, 2
-# threads); Zen 5 measured 0.6-1.4x over C = 3-8 and 0.5x at C = 9, 10. Both kernels give
-# a row's loss the same bits, so the choice changes speed only (and the gradient's last
-# bits in places).
+# threads); on Zen 5 its fused call ran at 0.6-1.4x the small-C kernel's speed over C = 3-8
+# and 0.5x at C = 9, 10. Both kernels give a row's loss the same bits, so the choice
+# changes speed only (and the gradient's last bits in places).
 _FEW_C = 8 if host_has("avx512f") else 10
 _FEW_GRAD_C = 8
 _FEW_SUB = 1024    # rows per label-coding sub-block
