@@ -5,7 +5,9 @@ The simulator must be chosen before numba is imported, hence here and at import 
 
 import ctypes
 import os
+import shutil
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -26,6 +28,24 @@ def _real_gpu_usable() -> bool:
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _real_gpu_usable():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+# The child processes the tests start (the command line, the concurrency workers) share one
+# on-disk Numba cache for the session: each kernel compiles in the first child that needs
+# it and loads in the others. A child that compiled everything anew took 10-90 s on a slow
+# 2-core VM. This process keeps compiling its own kernels: nbxent reads NBXENT_CACHE when it
+# is imported, here, before the variable is set. Children that test a cold start or the
+# cache itself set their own NBXENT_CACHE or NUMBA_CACHE_DIR.
+import nbxent._config  # noqa: E402
+
+_CHILD_CACHE = None
+if "NBXENT_CACHE" not in os.environ and "NUMBA_CACHE_DIR" not in os.environ:
+    _CHILD_CACHE = tempfile.mkdtemp(prefix="nbxent-test-cache-")
+    os.environ.update(NBXENT_CACHE="1", NUMBA_CACHE_DIR=_CHILD_CACHE)
+
+
+def pytest_unconfigure(config):
+    if _CHILD_CACHE is not None:
+        shutil.rmtree(_CHILD_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

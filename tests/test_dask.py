@@ -95,8 +95,11 @@ def test_numba_threads_per_block_leave_the_caller_alone():
     assert numba.get_num_threads() == before
 
 
-def test_local_cluster_with_worker_processes():
+def test_local_cluster_with_worker_processes(monkeypatch):
     distributed = pytest.importorskip("distributed")
+    # the two workers start together and would write the same kernels to the session's
+    # disk cache at once (tests/conftest.py), which Numba does not promise to survive
+    monkeypatch.setenv("NBXENT_CACHE", "0")
     x, y = _data((2000, 50))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster, \

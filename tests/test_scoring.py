@@ -470,6 +470,7 @@ def test_timed_run_compiles_nothing():
         assert any("_ce_top1_kernel" in d for p, d in compiled), compiled
         print("ok")
     """)
+    # NBXENT_CACHE=0: a kernel loaded from a disk cache raises no compile event
     proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          env=dict(os.environ, NBXENT_CACHE="0"), timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
