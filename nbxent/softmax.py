@@ -145,17 +145,30 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     kernels = be.kernels(_FAMILY)
     x_view = rows.x_view()
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
+    direct_out = out is not None and rows.fits_rows(out)
+    loss = out if direct_out else rows.new_rows(loss_dtype)
+    loss_view = rows.rows_view(loss)
     if kind == "hard":
         labels_view = rows.rows_view(labels)
+        if not want_grad and out is None and weight is None:
+            # the label check folded into the kernel (CPU, two and few classes): it writes
+            # only its own new losses, so a bad label still leaves every input unchanged
+            counting = getattr(kernels, "cross_entropy_counting", None)
+            counts = counting and counting(x_view, labels_view, ignore_index, eps, z,
+                                           loss_view, be.stream)
+            if counts is not None:
+                bad, counted = counts
+                if bad and check:
+                    _check_labels(rows, kernels, target, labels_view, weight_view,
+                                  ignore_index)   # raises, naming the first bad label
+                    raise AssertionError("the kernel counted a bad label the check missed")
+                return _reduce(rows, kernels, loss_view, loss_dtype, reduction,
+                               float(counted)) if reduction != "none" else be.wrap(loss)
         # only a mean needs the labels' total (the gradient scale of a "mean" included)
         denominator = _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index,
                                     check, need_total=reduction == "mean")
     else:
         denominator = float(rows.num_rows)
-
-    direct_out = out is not None and rows.fits_rows(out)
-    loss = out if direct_out else rows.new_rows(loss_dtype)
-    loss_view = rows.rows_view(loss)
     grad = grad_view = scale = None
     if want_grad:
         if g_rows is not None:

@@ -487,6 +487,49 @@ def test_unchecked_bad_labels_give_nan_rows_not_errors(backend, c, layout):
     np.testing.assert_array_equal(logits, before)
 
 
+@pytest.mark.parametrize("c", [2, 5, 9])   # the two- and few-classes kernels (9: AVX2 only)
+def test_label_check_folded_into_two_and_few_classes_kernels(c, monkeypatch):
+    """Unweighted forward calls of two and few classes check their labels in the kernel,
+    which counts them as it codes them: no pass of their own over the labels, the results
+    of the separate check bit for bit, and still the first bad label's error."""
+    import nbxent.cpu.softmax as cpu_k
+
+    n = 3 * 16384 + 77            # several parallel work items of either kernel
+    logits = make_logits((n, c), np.float32)
+    labels = make_labels((n,), c, ignore_frac=0.2)
+    folded = c <= cpu_k._FEW_C
+    calls = {(r, chk): (lambda r=r, chk=chk: nbxent.cross_entropy(logits, labels, reduction=r,
+                                                                  check=chk))
+             for r in ("none", "sum", "mean") for chk in (True, False)}
+    monkeypatch.setattr(cpu_k, "cross_entropy_counting", lambda *a, **k: None)
+    want = {k: f() for k, f in calls.items()}
+    monkeypatch.undo()
+    if folded:
+        _forbid_label_stats(monkeypatch, "cpu")
+    counting, counted = cpu_k.cross_entropy_counting, []
+    monkeypatch.setattr(cpu_k, "cross_entropy_counting",
+                        lambda *a, **k: counted.append(counting(*a, **k)) or counted[-1])
+    for k, f in calls.items():
+        np.testing.assert_array_equal(f(), want[k], err_msg=str(k))
+    monkeypatch.undo()
+    assert len(counted) == len(calls) and all((r is not None) == folded for r in counted)
+    assert float(want["mean", True]) == pytest.approx(
+        ref.cross_entropy(logits.astype(np.float64), labels), rel=1e-6)
+
+    bad = labels.copy()
+    bad[[40000, 2 * 16384 + 5, n - 1]] = [c, -3, c + 1000]   # the first in the third item
+    before = logits.copy()
+    for r in ("none", "sum", "mean"):
+        with pytest.raises(ValueError, match=rf"target\[{2 * 16384 + 5}\] = -3 .*\[0, {c}\)"):
+            nbxent.cross_entropy(logits, bad, reduction=r)
+        unchecked = nbxent.cross_entropy(logits, bad, reduction=r, check=False)
+        assert np.isnan(unchecked).any()
+    np.testing.assert_array_equal(logits, before)
+    everything_ignored = np.full(n, -100)
+    assert np.isnan(nbxent.cross_entropy(logits, everything_ignored))
+    assert nbxent.cross_entropy(logits, everything_ignored, reduction="sum") == 0
+
+
 def test_check_must_be_a_bool():
     with pytest.raises(TypeError, match="check must be True or False, got 'no'"):
         nbxent.cross_entropy(make_logits((3, 4), np.float32), np.zeros(3, int), check="no")

@@ -1042,6 +1042,17 @@ def _small_kernel(x, xs, P, Q, C, lab, ls, w, W, ignore, eps, z, out, os, g, gs,
                          sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode, scratch)
 
 
+@hjit()
+def _count_codes(codes, m, ignored, bad, counted):
+    """bad and counted, plus how many of codes[:m] are out of range (above `ignored`) and
+    how many are classes (below it): the label codes of the two- and few-classes kernels."""
+    for j in range(m):
+        code = at(codes, j)
+        bad += 1 if code > ignored else 0
+        counted += 1 if code < ignored else 0
+    return bad, counted
+
+
 # ============================================================================ two classes
 # C == 2 without label smoothing or z-loss: lse - x_y is softplus(x_o - x_y), one exp and
 # one log1p per row (the general small-C path takes two exps, a log and a transpose), and
@@ -1124,15 +1135,19 @@ def _pair_block(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
                 g, gb, gr, gc, sc, sb, sr, mode, codes):
     """Rows [0, n) from offsets xb, lb, ob, gb, sb, in sub-blocks of codes.size rows whose
     labels are first coded as int32 (0 or 1, 2 ignored, 3 out of range): with int64 labels
-    in the loop, LLVM vectorises it 4 lanes wide, with int32 8 lanes (1.6x)."""
+    in the loop, LLVM vectorises it 4 lanes wide, with int32 8 lanes (1.6x). Returns the
+    number of labels out of range and the number counted (in range, not ignored)."""
     contiguous = xr == 2 and xc == 1 and orr == 1 and (mode == _FWD or (gr == 2 and gc == 1))
     ignored = np.int32(2)
+    bad = 0
+    counted = 0
     for s0 in range(0, n, codes.size):
         m = min(codes.size, n - s0)
         for j in range(m):
             y = at(lab, lb + (s0 + j) * lr)
             put(codes, j, ignored if y == ignore else (np.int32(y) if (y >= 0) & (y <= 1)
                                                        else np.int32(3)))
+        bad, counted = _count_codes(codes, m, ignored, bad, counted)
         if contiguous:
             # views from offset 0 (indexed from a run-time offset, LLVM leaves this loop
             # scalar: 30 against 5 ns per row)
@@ -1144,23 +1159,30 @@ def _pair_block(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
             _pair_loop(x, xb + s0 * xr, xr, xc, m, codes, 0, 1, w0, w1, ignored,
                        out, ob + s0 * orr, orr, g, gb + s0 * gr, gr, gc,
                        sc, sb + s0 * sr, sr, mode)
+    return bad, counted
 
 
 @pjit()
 def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
+    """(labels out of range, labels counted), as _pair_block's, over every row."""
     x, lab, out, g, sc = _b(x), _b(lab), _b(out), _b(g), _b(sc)
     R = _PAIR_ROWS
     nqb = (Q + R - 1) // R
     w0, w1 = at(w, 0), at(w, 1)
+    bads = np.empty(P * nqb, np.int64)
+    counts = np.empty(P * nqb, np.int64)
     for i in prange(P * nqb):
         p = i // nqb
         q = (i - p * nqb) * R
         codes = np.empty(_PAIR_SUB, np.int32)
-        _pair_block(x, xs[0] + p * xs[1] + q * xs[2], xs[2], xs[3], min(R, Q - q),
-                    lab, ls[0] + p * ls[1] + q * ls[2], ls[2], w0, w1, ignore,
-                    out, os[0] + p * os[1] + q * os[2], os[2],
-                    g, gs[0] + p * gs[1] + q * gs[2], gs[2], gs[3],
-                    sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode, codes)
+        bad, counted = _pair_block(x, xs[0] + p * xs[1] + q * xs[2], xs[2], xs[3],
+                                   min(R, Q - q), lab, ls[0] + p * ls[1] + q * ls[2], ls[2],
+                                   w0, w1, ignore, out, os[0] + p * os[1] + q * os[2], os[2],
+                                   g, gs[0] + p * gs[1] + q * gs[2], gs[2], gs[3],
+                                   sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode, codes)
+        put(bads, i, bad)
+        put(counts, i, counted)
+    return bads.sum(), counts.sum()
 
 
 # ============================================================================ few classes
@@ -1244,11 +1266,14 @@ def _make_few_loss_kernel(C):
     @pjit()
     def kernel(x, xb, N, lab, lb, lr, w, ignore, out, ob, g, gb, sc, sb, sr, mode):
         """Losses (and gradients unless mode is _FWD) of the N rows of C at x[xb:]. Returns
-        how many rows have an infinite max (left to _few_fixup_kernel)."""
+        how many rows have an infinite max (left to _few_fixup_kernel), how many labels
+        are out of range and how many are counted (in range, not ignored)."""
         x, lab, w, out, g, sc = _b(x), _b(lab), _b(w), _b(out), _b(g), _b(sc)
         nsub = (N + _FEW_SUB - 1) // _FEW_SUB
         nitem = (nsub + _FEW_ITEM - 1) // _FEW_ITEM
         flagged = np.zeros(nitem, np.int64)
+        bads = np.zeros(nitem, np.int64)
+        counts = np.zeros(nitem, np.int64)
         zero = cval(x, 0.0)
         nan = cval(x, np.nan)
         inf = cval(x, np.inf)
@@ -1267,6 +1292,9 @@ def _make_few_loss_kernel(C):
                     put(codes, j, np.int32(C) if y == ignore else (
                         np.int32(y) if ok else np.int32(C + 1)))
                     put(WY, j, at(w, y if ok else 0))
+                bad, counted = _count_codes(codes, n, np.int32(C), at(bads, i), at(counts, i))
+                put(bads, i, bad)
+                put(counts, i, counted)
                 X = crow(x, xb + r0 * C, n * C)
                 O = crow(out, ob + r0, n)
                 for j in range(n):
@@ -1296,7 +1324,7 @@ def _make_few_loss_kernel(C):
                     _few_grad_pass(G, n, C, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
                 elif mode == _INPLACE:
                     _few_grad_pass(X, n, C, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
-        return flagged.sum()
+        return flagged.sum(), bads.sum(), counts.sum()
 
     return kernel
 
@@ -1330,10 +1358,12 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
 def _few_classes(xb, xo, N, C, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode):
     """Cross-entropy (and gradient unless mode is _FWD) of N rows of C classes that are one
     run: x from xb[xo], labels lb[lo + r * lr], losses ob[oo + r], gradient gb[go],
-    grad_scale sb[so + r * sr]."""
+    grad_scale sb[so + r * sr]. Returns (labels out of range, labels counted)."""
     args = (xb, xo, N, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode)
-    if _few_loss_kernel(C)(*args):
+    flagged, bad, counted = _few_loss_kernel(C)(*args)
+    if flagged:
         _few_fixup_kernel(xb, xo, N, C, *args[3:])
+    return bad, counted
 
 
 # ============================================================================ launchers
@@ -1467,41 +1497,79 @@ def _one_run(P, Q, C, xs, ls, os, ss, gs):
     return lr, sr
 
 
+def _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode):
+    """Which kernel takes a cross_entropy call: "pair", "few" (with _one_run's strides),
+    "small" or "rows"."""
+    P, Q, C = x.shape
+    if C == 2 and smoothing == 0 and z_loss == 0 and x.dtype != np.float64:
+        # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
+        # vectorised exp64/log64, is 2x faster there)
+        return "pair", None
+    if _takes_few(C, mode) and smoothing == 0 and z_loss == 0:
+        run = _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)
+        if run:
+            return "few", run
+    return ("small" if C <= _SMALL_C else "rows"), None
+
+
 def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
                   grad_scale=None, grad_out=None, stream=None):
     """Per-row cross-entropy into loss_out; with grad_out, also the gradient (one pass).
 
     A label outside [0, C) that is not ignore_index (an unchecked call) gives its row a NaN
     loss and a NaN gradient; nothing is read or written outside the row.
-    grad_out may be x itself (in-place gradient: its own compiled loops)."""
+    grad_out may be x itself (in-place gradient: its own compiled loops).
+    Returns (labels out of range, labels counted) where the kernel counts them (two and
+    few classes), else None."""
     P, Q, C = x.shape
     if P * Q == 0:
-        return
+        return None
     if _via_temporary(grad_out, (x, labels, weight, loss_out)):
         tmp = np.empty(grad_out.shape, grad_out.dtype)
-        cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
-                      grad_scale, tmp)
+        counts = cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
+                               grad_scale, tmp)
         np.copyto(grad_out, tmp)
-        return
+        return counts
     xb, xs = _flat(x)
     lb, ls = _flat(labels)
     ob, os = _flat(loss_out)
     mode, gb, gs, sb, ss = _grad_layout(x, xb, xs, grad_scale, grad_out)
     w, W = _weights(weight, C, loss_out.dtype)
+    path, run = _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode)
+    if path == "pair":
+        bad, counted = _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os,
+                                    gb, gs, sb, ss, mode)
+        return int(bad), int(counted)
+    if path == "few":
+        bad, counted = _few_classes(xb, xs[0], P * Q, C, lb, ls[0], run[0], w,
+                                    int(ignore_index), ob, os[0], gb, gs[0], sb, ss[0],
+                                    run[1], mode)
+        return int(bad), int(counted)
     args = (xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
             float(z_loss), ob, os, gb, gs, sb, ss, mode)
-    if C == 2 and smoothing == 0 and z_loss == 0 and xb.dtype != np.float64:
-        # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
-        # vectorised exp64/log64, is 2x faster there)
-        _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os, gb, gs, sb, ss, mode)
-    elif _takes_few(C, mode) and smoothing == 0 and z_loss == 0 and \
-            (run := _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)):
-        _few_classes(xb, xs[0], P * Q, C, lb, ls[0], run[0], w, int(ignore_index), ob, os[0],
-                     gb, gs[0], sb, ss[0], run[1], mode)
-    elif C <= _SMALL_C:
+    if path == "small":
         _small_kernel(*args)
     else:
         _ce_kernel(*args, _rows_per_chunk(P * Q, C))
+    return None
+
+
+def cross_entropy_counting(x, labels, ignore_index, smoothing, z_loss, loss_out, stream=None):
+    """An unweighted forward `cross_entropy` whose kernel counts the labels as it codes
+    them (two and few classes): runs it and returns (labels out of range, labels counted),
+    so that the caller needs no pass of its own over the labels. None, having run nothing,
+    for every other call. (CPU only: the GPU's label check stays a pass of its own.)"""
+    P, Q, _ = x.shape
+    if P * Q == 0:
+        return None
+    _, xs = _flat(x)
+    _, ls = _flat(labels)
+    _, os = _flat(loss_out)
+    if _route(x, xs, ls, os, (0, 0, 0), None, smoothing, z_loss, _FWD)[0] not in ("pair",
+                                                                                    "few"):
+        return None
+    return cross_entropy(x, labels, np.empty(0, loss_out.dtype), ignore_index, smoothing,
+                         z_loss, loss_out)
 
 
 def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out, grad_scale=None,
