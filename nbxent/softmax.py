@@ -154,8 +154,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
             # the label check folded into the kernel (CPU, two and few classes): it writes
             # only its own new losses, so a bad label still leaves every input unchanged
             counting = getattr(kernels, "cross_entropy_counting", None)
-            counts = counting and counting(x_view, labels_view, ignore_index, eps, z,
-                                           loss_view, be.stream)
+            counts = counting and counting(x_view, labels_view, weight_view, ignore_index,
+                                           eps, z, loss_view, be.stream)
             if counts is not None:
                 bad, counted = counts
                 if bad and check:

@@ -494,7 +494,9 @@ def test_label_check_folded_into_two_and_few_classes_kernels(c, monkeypatch):
     of the separate check bit for bit, and still the first bad label's error."""
     import nbxent.cpu.softmax as cpu_k
 
-    n = 3 * 16384 + 77            # several parallel work items of either kernel
+    item = cpu_k._PAIR_ROWS         # rows per parallel work item of either kernel
+    assert item == cpu_k._FEW_SUB * cpu_k._FEW_ITEM
+    n = 3 * item + 77
     logits = make_logits((n, c), np.float32)
     labels = make_labels((n,), c, ignore_frac=0.2)
     folded = c <= cpu_k._FEW_C
@@ -517,10 +519,10 @@ def test_label_check_folded_into_two_and_few_classes_kernels(c, monkeypatch):
         ref.cross_entropy(logits.astype(np.float64), labels), rel=1e-6)
 
     bad = labels.copy()
-    bad[[40000, 2 * 16384 + 5, n - 1]] = [c, -3, c + 1000]   # the first in the third item
+    bad[[2 * item + 10, 2 * item + 5, n - 1]] = [c, -3, c + 1000]   # the first: third item
     before = logits.copy()
     for r in ("none", "sum", "mean"):
-        with pytest.raises(ValueError, match=rf"target\[{2 * 16384 + 5}\] = -3 .*\[0, {c}\)"):
+        with pytest.raises(ValueError, match=rf"target\[{2 * item + 5}\] = -3 .*\[0, {c}\)"):
             nbxent.cross_entropy(logits, bad, reduction=r)
         unchecked = nbxent.cross_entropy(logits, bad, reduction=r, check=False)
         assert np.isnan(unchecked).any()

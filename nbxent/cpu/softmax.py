@@ -1513,16 +1513,16 @@ def _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode):
 
 
 def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
-                  grad_scale=None, grad_out=None, stream=None):
+                  grad_scale=None, grad_out=None, stream=None, only_if_counting=False):
     """Per-row cross-entropy into loss_out; with grad_out, also the gradient (one pass).
 
     A label outside [0, C) that is not ignore_index (an unchecked call) gives its row a NaN
     loss and a NaN gradient; nothing is read or written outside the row.
     grad_out may be x itself (in-place gradient: its own compiled loops).
     Returns (labels out of range, labels counted) where the kernel counts them (two and
-    few classes), else None."""
+    few classes), else None; only_if_counting: run nothing where it would not count."""
     P, Q, C = x.shape
-    if P * Q == 0:
+    if P * Q == 0 or (only_if_counting and C > max(2, _FEW_C)):   # (no layout work then)
         return None
     if _via_temporary(grad_out, (x, labels, weight, loss_out)):
         tmp = np.empty(grad_out.shape, grad_out.dtype)
@@ -1534,8 +1534,10 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     lb, ls = _flat(labels)
     ob, os = _flat(loss_out)
     mode, gb, gs, sb, ss = _grad_layout(x, xb, xs, grad_scale, grad_out)
-    w, W = _weights(weight, C, loss_out.dtype)
     path, run = _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode)
+    if only_if_counting and path not in ("pair", "few"):
+        return None
+    w, W = _weights(weight, C, loss_out.dtype)
     if path == "pair":
         bad, counted = _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os,
                                     gb, gs, sb, ss, mode)
@@ -1554,22 +1556,14 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     return None
 
 
-def cross_entropy_counting(x, labels, ignore_index, smoothing, z_loss, loss_out, stream=None):
-    """An unweighted forward `cross_entropy` whose kernel counts the labels as it codes
-    them (two and few classes): runs it and returns (labels out of range, labels counted),
-    so that the caller needs no pass of its own over the labels. None, having run nothing,
-    for every other call. (CPU only: the GPU's label check stays a pass of its own.)"""
-    P, Q, _ = x.shape
-    if P * Q == 0:
-        return None
-    _, xs = _flat(x)
-    _, ls = _flat(labels)
-    _, os = _flat(loss_out)
-    if _route(x, xs, ls, os, (0, 0, 0), None, smoothing, z_loss, _FWD)[0] not in ("pair",
-                                                                                    "few"):
-        return None
-    return cross_entropy(x, labels, np.empty(0, loss_out.dtype), ignore_index, smoothing,
-                         z_loss, loss_out)
+def cross_entropy_counting(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
+                           stream=None):
+    """A forward `cross_entropy` whose kernel counts the labels as it codes them (two and
+    few classes): runs it and returns (labels out of range, labels counted), so that the
+    caller needs no pass of its own over the labels. None, having run nothing, for every
+    other call. (CPU only: the GPU's label check stays a pass of its own.)"""
+    return cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
+                         only_if_counting=True)
 
 
 def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out, grad_scale=None,
