@@ -576,6 +576,8 @@ def test_cross_entropy_special_rows(C):
     a[0, 5, :] = F32(-1e30)
     y[0, 6] = IGNORE
     a[0, 6, 0] = np.nan                                    # ignored NaN row: 0, zero grad
+    y[0, 7] = IGNORE
+    a[0, 7, 1] = np.inf                                    # ignored +inf row: the same
     scale = np.broadcast_to(np.float64(0.5), (1, 8))
     w = np.empty(0, F32)
     want_loss, want_grad = ref_ce(a, y, w, 0.0, 0.0, scale=scale)
@@ -586,6 +588,7 @@ def test_cross_entropy_special_rows(C):
     close(grad, want_grad, 4e-6, "grad")
     assert np.isnan(loss[0, 2]) and np.isnan(grad[0, 2]).all()
     assert loss[0, 6] == 0 and (grad[0, 6] == 0).all()
+    assert loss[0, 7] == 0 and (grad[0, 7] == 0).all()
     assert np.isfinite(loss[0, 1])
     forward = np.empty((1, 8), F32)   # another kernel than the fused call's for some C
     K.cross_entropy(a, y, w, IGNORE, 0.0, 0.0, forward)

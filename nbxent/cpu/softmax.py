@@ -1245,12 +1245,12 @@ def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC):
         kd = k / at(SS, j)
         sh = at(SH, j)
         row = crow(X, j * C, C)
-        if at(SS, j) == flag:
-            continue
-        if code >= C:
+        if code >= C:   # ignored or out of range, flagged or not (the fix-up skips them)
             fill = zero if code == C else nan
             for c in range(C):
                 store(row, c, fill)
+            continue
+        if at(SS, j) == flag:
             continue
         for c in range(C):
             store(row, c, cexp(load(row, c) - sh) * kd)
