@@ -520,9 +520,8 @@ CE_CASES = [
     (F16, (1, 45, 2), "F", np.int64, True, 0.0, 0.0),
     (F32, (3, 50, 2), "F", np.int64, False, 0.0, 0.0),
     # few-classes path (compiled per C, no smoothing, no z-loss, rows one run; see
-    # K._takes_few): the forward for 3 <= C <= K._FEW_C, the gradient (and so the fused
-    # loss, which must have the forward's bits) for C = 8 only; several work items and a
-    # partial one, every dtype
+    # K._takes_few): 3 <= C <= K._FEW_C, forward, fused and in place (the fused loss must
+    # have the forward's bits); several work items and a partial one, every dtype
     (F32, (1, 2 * K._FEW_SUB * K._FEW_ITEM + 5, 3), "C", np.int64, True, 0.0, 0.0),
     (F64, (2, 40, 7), "C", np.int32, True, 0.0, 0.0),
     (F16, (2, 30, 5), "C", np.int64, False, 0.0, 0.0),
@@ -596,22 +595,73 @@ def test_cross_entropy_special_rows(C):
 
 
 def test_few_classes_kernels_take_the_calls_they_are_fastest_at(monkeypatch):
-    """The forward of 3..K._FEW_C classes and the gradient of 8 go to the few-classes
-    kernels; other gradients, and C past K._FEW_C, go to the small-C kernel."""
+    """Calls of 3..K._FEW_C classes, with a gradient or not, go to the few-classes kernels;
+    C past K._FEW_C goes to the small-C kernel."""
     taken = []
     few = K._few_classes
     monkeypatch.setattr(K, "_few_classes", lambda *args: taken.append(args[3]) or few(*args))
     rng = np.random.default_rng(7)
     w = np.empty(0, F32)
-    for C, with_grad in [(3, False), (K._FEW_C, False), (K._FEW_C + 1, False),
-                         (4, True), (8, True), (10, True)]:
+    calls = [(3, False), (K._FEW_C, False), (K._FEW_C + 1, False),
+             (3, True), (K._FEW_C, True), (K._FEW_C + 1, True)]
+    for C, with_grad in calls:
         x = logits(rng, (1, 40, C), F32)
         y = rng.integers(0, C, (1, 40))
         loss = np.empty((1, 40), F32)
         grad = (np.broadcast_to(np.float64(1.0), (1, 40)), np.empty_like(x)) if with_grad else ()
         K.cross_entropy(x, y, w, IGNORE, 0.0, 0.0, loss, *grad)
         close(loss, ref_ce(x, y, w, 0.0, 0.0)[0], 2e-6, f"C={C}")
-    assert taken == [3, K._FEW_C, 8]
+    assert taken == [3, K._FEW_C, 3, K._FEW_C]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, F16])
+def test_few_classes_gradient_blocks_with_and_without_flagged_rows(dtype):
+    """The few-classes gradient: label-coding blocks without a row of infinite max take the
+    element-wise pass (_few_grad_flat), blocks with one the row-by-row pass that leaves those
+    rows to the fix-up kernel. Ignored rows get a zero gradient and unchecked out-of-range
+    labels a NaN one in both (rows of infinite max among them); every row's loss and gradient are those of the row alone (the
+    two passes give the same bits), in place and not, and match the float64 reference."""
+    rng = np.random.default_rng(21)
+    C, sub = 5, K._FEW_SUB
+    n = 3 * sub + 77
+    a = logits(rng, (1, n, C), dtype)
+    y = rng.integers(0, C, (1, n))
+    y[0, rng.choice(n, n // 10, replace=False)] = IGNORE
+    y[0, rng.choice(n, n // 50, replace=False)] = C + 2     # unchecked, out of range
+    flagged = sub + rng.choice(sub, 6, replace=False)       # all in the second block
+    a[0, flagged[:3], :] = -np.inf
+    a[0, flagged[3:], 1] = np.inf
+    y[0, flagged[:2]] = IGNORE, C + 2   # infinite and ignored or out of range: 0 and NaN too
+    y[0, flagged[3:5]] = IGNORE, C + 2
+    scale = rng.uniform(0.5, 2.0, (1, n))
+    w = rng.uniform(0.5, 2.0, C).astype(compute(dtype))
+    x = as_kernel(a)
+    loss = np.empty((1, n), compute(dtype))
+    grad = np.empty_like(a)
+    K.cross_entropy(x, y, w, IGNORE, 0.0, 0.0, loss, scale, as_kernel(grad))
+    xi = a.copy()
+    loss_in = np.empty_like(loss)
+    K.cross_entropy(as_kernel(xi), y, w, IGNORE, 0.0, 0.0, loss_in, scale, as_kernel(xi))
+    assert np.array_equal(loss_in, loss, equal_nan=True)
+    assert np.array_equal(xi, grad, equal_nan=True), "in-place gradient differs"
+
+    bad = (y[0] >= C)
+    ignored = y[0] == IGNORE
+    assert np.isnan(loss[0, bad]).all() and np.isnan(grad[0, bad]).all()
+    assert (loss[0, ignored] == 0).all() and (grad[0, ignored] == 0).all()
+    good = ~bad
+    want_loss, want_grad = ref_ce(a[:, good], y[:, good], w, 0.0, 0.0, scale=scale[:, good])
+    tol = TOL[dtype]
+    close(loss[:, good], want_loss, tol, "loss")
+    close(grad[:, good], want_grad.astype(dtype), tol if dtype != F32 else 4e-6, "grad")
+
+    clean = [r for r in rng.choice(n, 40, replace=False) if not sub <= r < 2 * sub]
+    for r in [*flagged, *clean, sub - 1, sub, n - 1]:
+        one, g1 = np.empty((1, 1), compute(dtype)), np.empty((1, 1, C), dtype)
+        K.cross_entropy(as_kernel(a[:, r:r + 1]), y[:, r:r + 1], w, IGNORE, 0.0, 0.0, one,
+                        scale[:, r:r + 1], as_kernel(g1))
+        assert np.array_equal(one[0, 0], loss[0, r], equal_nan=True), r
+        assert np.array_equal(g1[0, 0], grad[0, r], equal_nan=True), r
 
 
 def test_cross_entropy_all_ignored():

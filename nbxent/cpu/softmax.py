@@ -31,7 +31,7 @@ loss, gradient) is vectorised across rows; C stays a runtime value (one compilat
 Without label smoothing and z-loss two cases go faster: C == 2 (`_pair_kernel`: the loss
 is softplus(x_other - x_y), rows read in place) and, for rows that are one contiguous run,
 3 <= C <= `_FEW_C` (`_few_loss_kernel`: compiled once per C, rows read in place with C a
-compile-time constant; with a gradient only C = `_FEW_GRAD_C`, see `_takes_few`).
+compile-time constant, see `_takes_few`).
 
 Determinism: per-row results depend only on the row (and which of those kernels its call
 takes, by C, options and the CPU's vector width: never by the number of rows); `sum_rows`
@@ -1189,37 +1189,36 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # 3 <= C <= _FEW_C (see _takes_few), rows one contiguous run, no smoothing or z-loss. The
 # losses come from a kernel compiled per C (_few_loss_kernel): rows walked in place as for
 # two classes, with C a compile-time constant, so that LLVM unrolls the class loops and
-# vectorises across rows (interleaved loads), 2x the small-C kernel. Gradients (from each
-# row's shift and sum, which it keeps) and rows with an infinite max (the general row code)
-# are functions compiled once for every C: code linked into the per-C kernel is optimised
-# again with every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted
-# closure (a closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE
-# missed).
+# vectorises across rows (interleaved loads), 2x the small-C kernel. Gradients come from
+# each row's shift and sum, which it keeps (_few_grad_flat; _few_grad_pass for blocks with
+# a flagged row); rows with an infinite max from the general row code, in a serial kernel
+# compiled once for every C: code linked into the per-C kernel is optimised again with
+# every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
+# closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
 
-# Which calls the few-classes kernels take (_takes_few). Without a gradient, C up to
-# _FEW_C: on Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a third of the
+# Which calls the few-classes kernels take (_takes_few): C up to _FEW_C, with a gradient or
+# not. On Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a third of the
 # small-C kernel's speed); on Zen 5 (AVX-512) its interleaved loads stop at 8 classes and C
 # = 9 and 10 load each class with gathers (10_000_000 elements, 2 threads: forward 7.8-9.3
 # ms against the small-C kernel's 5.8-6.3), while on Zen 3 C = 9 and 10 run at 2x the
 # small-C kernel (8.5-9.0 ms against 19.5-19.7; 2026-12-02). Below that the forward is
-# 1.5-3x the small-C kernel's on both. With a gradient, only C = _FEW_GRAD_C: the gradient
-# pass (C a run-time value) is 1.3-1.6x the small-C kernel's there, but 0.6-0.9x for C = 4
-# to 7 in every dtype and 0.25-0.35x for float16 C = 7, 9, 10 (Zen 3, 1_000_000 rows, 2
-# threads); on Zen 5 its fused call ran at 0.6-1.4x the small-C kernel's speed over C = 3-8
-# and 0.5x at C = 9, 10. Both kernels give a row's loss the same bits, so the choice
-# changes speed only (and the gradient's last bits in places).
+# 1.5-3x the small-C kernel's on both. With a gradient (_few_grad_flat), on Zen 3, 1_000_000
+# rows, 2 threads (2026-12-03): float32 1.3-2x the small-C kernel's speed over C = 3-10,
+# float16 1.2-2x but for C = 9 (0.8-1.1x), float64 0.8-1.5x (noisy; about even). Zen 5 has
+# not measured _few_grad_flat (its row-by-row predecessor ran at 0.6-1.4x there). Both
+# kernels give a row's loss the same bits, so the choice changes speed only (and the
+# gradient's last bits in places).
 _FEW_C = 8 if host_has("avx512f") else 10
-_FEW_GRAD_C = 8
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
 _FLAGGED = -1.0    # the sum of exps of a row left to _few_fixup_kernel (infinite max)
 
 
-def _takes_few(C, mode):
+def _takes_few(C):
     """Whether a call of C classes (rows one run, no smoothing or z-loss) goes to the
-    few-classes kernels, by whether it computes a gradient (see _FEW_C)."""
-    return 3 <= C <= _FEW_C if mode == _FWD else C == _FEW_GRAD_C
+    few-classes kernels (see _FEW_C)."""
+    return 3 <= C <= _FEW_C
 
 
 def _few_loss_kernel(C):
@@ -1235,7 +1234,8 @@ def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC):
     """Gradients of rows [0, n) of a few-classes block from their shift SH and sum SS,
     written over X: a new gradient is the logits copied first, then this (written
     straight into another array LLVM left the loop scalar: 5x slower). A flagged row keeps
-    its logits, for _few_fixup_kernel. C is a run-time value here: one compiled copy."""
+    its logits, for _few_fixup_kernel. (Used for blocks with a flagged row only: see
+    _few_grad_flat.)"""
     zero = cval(X, 0.0)
     nan = cval(X, np.nan)
     flag = cval(X, _FLAGGED)
@@ -1255,6 +1255,46 @@ def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC):
         for c in range(C):
             store(row, c, cexp(load(row, c) - sh) * kd)
         store(row, code, load(row, code) - k)
+
+
+_few_factors = stack_scratch(2 * _FEW_SUB)   # _few_grad_flat's shifts and factors
+
+
+@hjit()
+def _few_grad_flat(X, G, n, C, codes, WY, SH, SS, SC, mode):
+    """Gradients of rows [0, n) of a few-classes block none of which is flagged, into G (X
+    itself in place): exp(x - shift) * factor over the n * C elements as one loop, the row
+    of element e being e // C (C is a literal here: a multiply), then each row's label
+    term, or its fill (0 ignored, NaN out of range). The arithmetic of _few_grad_pass, so
+    the same bits, at 1.3-2x its speed over C = 3-10 (Zen 3, 2026-12-03).
+
+    LLVM vectorises the loop only when it can tell that the arrays it gathers from alias
+    neither X nor G: they are copied to the stack first (from heap scratch it stayed
+    scalar, 5x slower); and in place it is a loop over X alone (with G the same array, the
+    run-time overlap check sent it to the scalar loop)."""
+    F = _few_factors(X)
+    for j in range(n):
+        put(F, j, at(SH, j))
+        put(F, _FEW_SUB + j, cval(X, at(SC, j)) * at(WY, j) / at(SS, j))
+    if mode == _INPLACE:
+        for e in range(n * C):
+            j = e // C
+            store(X, e, cexp(load(X, e) - at(F, j)) * at(F, _FEW_SUB + j))
+    else:
+        for e in range(n * C):
+            j = e // C
+            store(G, e, cexp(load(X, e) - at(F, j)) * at(F, _FEW_SUB + j))
+    zero = cval(X, 0.0)
+    nan = cval(X, np.nan)
+    for j in range(n):
+        code = at(codes, j)
+        if code < C:
+            e = j * C + code
+            store(G, e, load(G, e) - cval(X, at(SC, j)) * at(WY, j))
+        else:
+            fill = zero if code == C else nan
+            for c in range(C):
+                store(G, j * C + c, fill)
 
 
 def _make_few_loss_kernel(C):
@@ -1316,14 +1356,20 @@ def _make_few_loss_kernel(C):
                     put(O, j, nan if code > C else loss)
                     put(SH, j, sh)
                     put(SS, j, flag if inf_max else s)
+                here = 0
                 for j in range(n):
-                    put(flagged, i, at(flagged, i) + (1 if at(SS, j) == flag else 0))
-                if mode == _GRAD:   # the logits copied, then the in-place pass over them
-                    G = crow(g, gb + r0 * C, n * C)
-                    G[:] = X
-                    _few_grad_pass(G, n, C, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
-                elif mode == _INPLACE:
-                    _few_grad_pass(X, n, C, codes, WY, SH, SS, srow(sc, sb + r0 * sr, n, sr))
+                    here += 1 if at(SS, j) == flag else 0
+                put(flagged, i, at(flagged, i) + here)
+                if mode == _FWD:
+                    continue
+                SC = srow(sc, sb + r0 * sr, n, sr)
+                G = X if mode == _INPLACE else crow(g, gb + r0 * C, n * C)
+                if here:   # flagged rows keep their logits for _few_fixup_kernel
+                    if mode == _GRAD:
+                        G[:] = X
+                    _few_grad_pass(G, n, C, codes, WY, SH, SS, SC)
+                else:
+                    _few_grad_flat(X, G, n, C, codes, WY, SH, SS, SC, mode)
         return flagged.sum(), bads.sum(), counts.sum()
 
     return kernel
@@ -1505,7 +1551,7 @@ def _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode):
         # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
         # vectorised exp64/log64, is 2x faster there)
         return "pair", None
-    if _takes_few(C, mode) and smoothing == 0 and z_loss == 0:
+    if _takes_few(C) and smoothing == 0 and z_loss == 0:
         run = _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)
         if run:
             return "few", run
