@@ -1266,7 +1266,9 @@ def _few_grad_flat(X, G, n, C, codes, WY, SH, SS, SC, mode):
     itself in place): exp(x - shift) * factor over the n * C elements as one loop, the row
     of element e being e // C (C is a literal here: a multiply), then each row's label
     term, or its fill (0 ignored, NaN out of range). The arithmetic of _few_grad_pass, so
-    the same bits, at 1.3-2x its speed over C = 3-10 (Zen 3, 2026-12-03).
+    the same bits; for C = 10 1.5x its speed (a row of 10 walked as 8 + 2 lanes), while for
+    C = 3, 4 walking rows was faster in isolation (Zen 3, 2026-12-03; whole calls: see
+    docs/benchmarks.md).
 
     LLVM vectorises the loop only when it can tell that the arrays it gathers from alias
     neither X nor G: they are copied to the stack first (from heap scratch it stayed
