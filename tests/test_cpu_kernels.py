@@ -617,10 +617,11 @@ def test_few_classes_kernels_take_the_calls_they_are_fastest_at(monkeypatch):
 @pytest.mark.parametrize("dtype", [F32, F64, F16])
 def test_few_classes_gradient_blocks_with_and_without_flagged_rows(dtype):
     """The few-classes gradient: label-coding blocks without a row of infinite max take the
-    element-wise pass (_few_grad_flat), blocks with one the row-by-row pass that leaves those
-    rows to the fix-up kernel. Ignored rows get a zero gradient and unchecked out-of-range
-    labels a NaN one in both (rows of infinite max among them); every row's loss and gradient are those of the row alone (the
-    two passes give the same bits), in place and not, and match the float64 reference."""
+    element-wise pass (_few_grad_flat), blocks with one the row-by-row pass that leaves
+    those rows to the fix-up kernel. Ignored rows get a zero gradient and unchecked
+    out-of-range labels a NaN one in both (rows of infinite max among them); every row's
+    loss and gradient are those of the row alone (the two passes give the same bits), in
+    place and not, and match the float64 reference."""
     rng = np.random.default_rng(21)
     C, sub = 5, K._FEW_SUB
     n = 3 * sub + 77
@@ -645,7 +646,7 @@ def test_few_classes_gradient_blocks_with_and_without_flagged_rows(dtype):
     assert np.array_equal(loss_in, loss, equal_nan=True)
     assert np.array_equal(xi, grad, equal_nan=True), "in-place gradient differs"
 
-    bad = (y[0] >= C)
+    bad = y[0] >= C
     ignored = y[0] == IGNORE
     assert np.isnan(loss[0, bad]).all() and np.isnan(grad[0, bad]).all()
     assert (loss[0, ignored] == 0).all() and (grad[0, ignored] == 0).all()

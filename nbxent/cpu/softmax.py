@@ -1246,9 +1246,7 @@ def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC):
         sh = at(SH, j)
         row = crow(X, j * C, C)
         if code >= C:   # ignored or out of range, flagged or not (the fix-up skips them)
-            fill = zero if code == C else nan
-            for c in range(C):
-                store(row, c, fill)
+            _fill(X, j * C, C, 1, zero if code == C else nan)
             continue
         if at(SS, j) == flag:
             continue
@@ -1294,9 +1292,7 @@ def _few_grad_flat(X, G, n, C, codes, WY, SH, SS, SC, mode):
             e = j * C + code
             store(G, e, load(G, e) - cval(X, at(SC, j)) * at(WY, j))
         else:
-            fill = zero if code == C else nan
-            for c in range(C):
-                store(G, j * C + c, fill)
+            _fill(G, j * C, C, 1, zero if code == C else nan)
 
 
 def _make_few_loss_kernel(C):
