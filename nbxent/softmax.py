@@ -146,6 +146,20 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     x_view = rows.x_view()
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     direct_out = out is not None and rows.fits_rows(out)
+    if kind == "hard" and not want_grad and out is None and weight is None \
+            and reduction != "none":
+        # the label check and the sum folded into the kernel (CPU, two and few classes):
+        # no losses written
+        summing = getattr(kernels, "cross_entropy_counting_sum", None)
+        labels_view = rows.rows_view(labels)
+        res = summing and summing(x_view, labels_view, weight_view, ignore_index, eps, z,
+                                  loss_dtype, be.stream)
+        if res is not None:
+            bad, counted, total = res
+            if bad and check:
+                _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+                raise AssertionError("the kernel counted a bad label the check missed")
+            return _reduce(rows, kernels, None, loss_dtype, reduction, float(counted), total)
     loss = out if direct_out else rows.new_rows(loss_dtype)
     loss_view = rows.rows_view(loss)
     if kind == "hard":
@@ -201,9 +215,12 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     return result, be.wrap(grad)
 
 
-def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator):
+def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator,
+            total=None):
     """The "sum" or "mean" of the per-row values as the API's 0-d result; `denominator` is a
-    float, or the kernels' 1-element array (unchecked calls: see `_check_labels`)."""
+    float, or the kernels' 1-element array (unchecked calls: see `_check_labels`). With
+    `total` (a float denominator only), the values' sum as sum_rows would make it, already
+    made (cross_entropy_counting_sum: CPU), and no values_view."""
     be = rows.be
     out1 = be.empty((1,), dtype)
     if reduction == "mean" and not isinstance(denominator, float):
@@ -213,6 +230,9 @@ def _reduce(rows: Rows, kernels, values_view, dtype, reduction: str, denominator
         scale = 1.0
     else:
         scale = 1.0 / denominator if denominator != 0 else math.nan
+    if total is not None:
+        out1[0] = scale * total   # as sum_rows stores it
+        return be.scalar(out1)
     kernels.sum_rows(values_view, scale, out1, be.stream)
     return be.scalar(out1)
 

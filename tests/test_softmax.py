@@ -503,18 +503,22 @@ def test_label_check_folded_into_two_and_few_classes_kernels(c, monkeypatch):
     calls = {(r, chk): (lambda r=r, chk=chk: nbxent.cross_entropy(logits, labels, reduction=r,
                                                                   check=chk))
              for r in ("none", "sum", "mean") for chk in (True, False)}
-    monkeypatch.setattr(cpu_k, "cross_entropy_counting", lambda *a, **k: None)
+    spied = ("cross_entropy_counting", "cross_entropy_counting_sum")   # "none"; sum, mean
+    for name in spied:
+        monkeypatch.setattr(cpu_k, name, lambda *a, **k: None)
     want = {k: f() for k, f in calls.items()}
     monkeypatch.undo()
     if folded:
         _forbid_label_stats(monkeypatch, "cpu")
-    counting, counted = cpu_k.cross_entropy_counting, []
-    monkeypatch.setattr(cpu_k, "cross_entropy_counting",
-                        lambda *a, **k: counted.append(counting(*a, **k)) or counted[-1])
+    results = {name: [] for name in spied}
+    for name in spied:
+        monkeypatch.setattr(cpu_k, name, lambda *a, _f=getattr(cpu_k, name), _r=results[name],
+                            **k: _r.append(_f(*a, **k)) or _r[-1])
     for k, f in calls.items():
         np.testing.assert_array_equal(f(), want[k], err_msg=str(k))
     monkeypatch.undo()
-    assert len(counted) == len(calls) and all((r is not None) == folded for r in counted)
+    assert [len(results[name]) for name in spied] == [2, 4]
+    assert all((r is not None) == folded for name in spied for r in results[name])
     assert float(want["mean", True]) == pytest.approx(
         ref.cross_entropy(logits.astype(np.float64), labels), rel=1e-6)
 
@@ -530,6 +534,48 @@ def test_label_check_folded_into_two_and_few_classes_kernels(c, monkeypatch):
     everything_ignored = np.full(n, -100)
     assert np.isnan(nbxent.cross_entropy(logits, everything_ignored))
     assert nbxent.cross_entropy(logits, everything_ignored, reduction="sum") == 0
+
+
+@pytest.mark.parametrize("c", [2, 3, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_sum_folded_into_two_and_few_classes_kernels(c, dtype, monkeypatch):
+    """Unweighted forward sums and means of two and few classes are summed in the kernel,
+    no losses written (cross_entropy_counting_sum): bit for bit sum_rows over the written
+    losses, at block boundaries, with NaN rows, and with rows of an infinite max (the
+    few-classes kernel's fix-up; the sum is then made the general way)."""
+    import nbxent.cpu.softmax as cpu_k
+
+    item = cpu_k._RED_BLOCK
+    summing, sums = cpu_k.cross_entropy_counting_sum, []
+    monkeypatch.setattr(cpu_k, "cross_entropy_counting_sum",
+                        lambda *a, **k: sums.append(summing(*a, **k)) or sums[-1])
+    for n in (1, 7, item - 1, item, 2 * item + 77):
+        logits = make_logits((n, c), dtype)
+        labels = make_labels((n,), c, ignore_frac=0.2)
+        for case in ("finite", "nan", "inf"):
+            x, labels = logits.copy(), labels.copy()
+            if case == "nan":
+                x[n // 2, 0] = np.nan
+            elif case == "inf":
+                x[n - 1, c - 1] = np.inf
+                labels[n - 1] = 0   # the row's loss is then inf
+            losses = nbxent.cross_entropy(x, labels, reduction="none")
+            assert losses.dtype == (np.float64 if dtype == np.float64 else np.float32)
+            counted = int((labels != -100).sum())
+            for reduction, scale in (("sum", 1.0), ("mean", 1.0 / counted if counted else np.nan)):
+                want = np.empty(1, losses.dtype)
+                cpu_k.sum_rows(losses.reshape(1, -1), scale, want)
+                del sums[:]
+                got = nbxent.cross_entropy(x, labels, reduction=reduction)
+                assert got.dtype == losses.dtype
+                assert got.tobytes() == want[0].tobytes() or (
+                    np.isnan(got) and np.isnan(want[0])), (n, case, reduction)
+                pair_route = c == 2 and dtype != np.float64
+                few_route = 3 <= c <= cpu_k._FEW_C
+                folded = (pair_route or few_route) and not (few_route and case == "inf")
+                assert len(sums) == 1 and (sums[0] is not None) == folded, (n, case, sums)
+            if case == "inf":
+                assert got == np.inf
 
 
 def test_check_must_be_a_bool():

@@ -70,6 +70,7 @@ _SMALL_R = 256       # rows per transposed block on the small-C path
 _SMALL_CHUNK = 64    # blocks per parallel work item on the small-C path
 
 _FWD, _GRAD, _INPLACE = 0, 1, 2       # cross-entropy modes
+_TOTAL = 3   # two and few classes, P = 1: the forward with its losses summed, not written
 _LSE, _SOFTMAX, _LOG_SOFTMAX = 0, 1, 2  # _rows_kernel modes
 
 
@@ -836,8 +837,19 @@ def _label_stats_kernel(lab, ls, P, Q, C, ignore, w):
 
 
 @hjit()
+def _sum_run(seg, m, acc):
+    """acc + seg[0] + ... + seg[m - 1] in float64, in the order LLVM makes of this loop
+    (reassociated: vectorised). The one loop of sum_rows' block sums and of the kernels
+    that sum their losses themselves (_TOTAL), so that both give the same bits."""
+    for i in range(m):
+        acc += at(seg, i)
+    return acc
+
+
+@hjit()
 def _sum_block(v, vs, Q, n, k):
-    """float64 sum of rows [k*_RED_BLOCK, (k+1)*_RED_BLOCK) of the n values."""
+    """float64 sum of rows [k*_RED_BLOCK, (k+1)*_RED_BLOCK) of the n values: for P = 1
+    and contiguous values, _sum_run over the block's rows from 0.0."""
     r, p, q = _block_start(k, Q)
     r1 = min(r + _RED_BLOCK, n)
     acc = 0.0
@@ -845,9 +857,7 @@ def _sum_block(v, vs, Q, n, k):
         m = min(Q - q, r1 - r)
         b = vs[0] + p * vs[1] + q * vs[2]
         if vs[2] == 1:
-            seg = crow(v, b, m)
-            for i in range(m):
-                acc += at(seg, i)
+            acc = _sum_run(crow(v, b, m), m, acc)
         else:
             for i in range(m):
                 acc += at(v, b + i * vs[2])
@@ -865,10 +875,7 @@ def _sum_kernel(v, vs, P, Q):
     partials = np.empty(nblk, np.float64)
     for k in prange(nblk):
         put(partials, k, _sum_block(v, vs, Q, n, np.int64(k)))
-    total = 0.0
-    for k in range(nblk):
-        total += at(partials, k)
-    return total
+    return _sum_run(partials, nblk, 0.0)
 
 
 # ---------------------------------------------------------------------------- small C
@@ -1164,25 +1171,37 @@ def _pair_block(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
 
 @pjit()
 def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
-    """(labels out of range, labels counted), as _pair_block's, over every row."""
+    """(labels out of range, labels counted, the sum of the losses), as _pair_block's, over
+    every row. The sum only in mode _TOTAL (P = 1; else 0.0): each work item's losses go to
+    a scratch of its own, summed as sum_rows sums the same block of written losses (a work
+    item is one of its blocks), and out is not written."""
     x, lab, out, g, sc = _b(x), _b(lab), _b(out), _b(g), _b(sc)
     R = _PAIR_ROWS
     nqb = (Q + R - 1) // R
     w0, w1 = at(w, 0), at(w, 1)
+    total = mode == _TOTAL
     bads = np.empty(P * nqb, np.int64)
     counts = np.empty(P * nqb, np.int64)
+    sums = np.zeros(P * nqb, np.float64)
     for i in prange(P * nqb):
         p = i // nqb
         q = (i - p * nqb) * R
+        n = min(R, Q - q)
         codes = np.empty(_PAIR_SUB, np.int32)
+        own = cempty(out, R if total else 0)
         bad, counted = _pair_block(x, xs[0] + p * xs[1] + q * xs[2], xs[2], xs[3],
-                                   min(R, Q - q), lab, ls[0] + p * ls[1] + q * ls[2], ls[2],
-                                   w0, w1, ignore, out, os[0] + p * os[1] + q * os[2], os[2],
+                                   n, lab, ls[0] + p * ls[1] + q * ls[2], ls[2], w0, w1,
+                                   ignore, own if total else out,
+                                   0 if total else os[0] + p * os[1] + q * os[2],
+                                   1 if total else os[2],
                                    g, gs[0] + p * gs[1] + q * gs[2], gs[2], gs[3],
-                                   sc, ss[0] + p * ss[1] + q * ss[2], ss[2], mode, codes)
+                                   sc, ss[0] + p * ss[1] + q * ss[2], ss[2],
+                                   _FWD if total else mode, codes)
         put(bads, i, bad)
         put(counts, i, counted)
-    return bads.sum(), counts.sum()
+        if total:
+            put(sums, i, _sum_run(own, n, 0.0))
+    return bads.sum(), counts.sum(), _sum_run(sums, P * nqb, 0.0)
 
 
 # ============================================================================ few classes
@@ -1212,6 +1231,7 @@ _FEW_C = 8 if host_has("avx512f") else 10
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
+assert _FEW_SUB * _FEW_ITEM == _PAIR_ROWS == _RED_BLOCK   # work items are sum_rows' blocks
 _FLAGGED = -1.0    # the sum of exps of a row left to _few_fixup_kernel (infinite max)
 
 
@@ -1303,15 +1323,22 @@ def _make_few_loss_kernel(C):
 
     @pjit()
     def kernel(x, xb, N, lab, lb, lr, w, ignore, out, ob, g, gb, sc, sb, sr, mode):
-        """Losses (and gradients unless mode is _FWD) of the N rows of C at x[xb:]. Returns
-        how many rows have an infinite max (left to _few_fixup_kernel), how many labels
-        are out of range and how many are counted (in range, not ignored)."""
+        """Losses (and gradients with mode _GRAD or _INPLACE) of the N rows of C at x[xb:].
+        Returns how many rows have an infinite max (left to _few_fixup_kernel), how many
+        labels are out of range, how many are counted (in range, not ignored), and in
+        mode _TOTAL the sum of the losses, which are then not written: each work item's
+        go to a scratch of its own, summed as sum_rows sums the same block of written
+        losses (a work item is one of its blocks); 0.0 in other modes. (The sum leaves out
+        nothing, but the flagged rows' losses are wrong until the fix-up: see
+        _few_classes.)"""
         x, lab, w, out, g, sc = _b(x), _b(lab), _b(w), _b(out), _b(g), _b(sc)
         nsub = (N + _FEW_SUB - 1) // _FEW_SUB
         nitem = (nsub + _FEW_ITEM - 1) // _FEW_ITEM
+        total = mode == _TOTAL
         flagged = np.zeros(nitem, np.int64)
         bads = np.zeros(nitem, np.int64)
         counts = np.zeros(nitem, np.int64)
+        sums = np.zeros(nitem, np.float64)
         zero = cval(x, 0.0)
         nan = cval(x, np.nan)
         inf = cval(x, np.inf)
@@ -1321,6 +1348,7 @@ def _make_few_loss_kernel(C):
             WY = cempty(x, _FEW_SUB)
             SH = cempty(x, _FEW_SUB)
             SS = cempty(x, _FEW_SUB)
+            own = cempty(out, _FEW_SUB * _FEW_ITEM if total else 0)
             for k in range(i * _FEW_ITEM, min(nsub, (i + 1) * _FEW_ITEM)):
                 r0 = k * _FEW_SUB
                 n = min(_FEW_SUB, N - r0)
@@ -1334,7 +1362,8 @@ def _make_few_loss_kernel(C):
                 put(bads, i, bad)
                 put(counts, i, counted)
                 X = crow(x, xb + r0 * C, n * C)
-                O = crow(out, ob + r0, n)
+                O = crow(own, r0 - i * _FEW_SUB * _FEW_ITEM, n) if total else \
+                    crow(out, ob + r0, n)
                 for j in range(n):
                     code = at(codes, j)
                     m = cval(X, -np.inf)
@@ -1358,7 +1387,7 @@ def _make_few_loss_kernel(C):
                 for j in range(n):
                     here += 1 if at(SS, j) == flag else 0
                 put(flagged, i, at(flagged, i) + here)
-                if mode == _FWD:
+                if mode == _FWD or total:
                     continue
                 SC = srow(sc, sb + r0 * sr, n, sr)
                 G = X if mode == _INPLACE else crow(g, gb + r0 * C, n * C)
@@ -1368,7 +1397,10 @@ def _make_few_loss_kernel(C):
                     _few_grad_pass(G, n, C, codes, WY, SH, SS, SC)
                 else:
                     _few_grad_flat(X, G, n, C, codes, WY, SH, SS, SC, mode)
-        return flagged.sum(), bads.sum(), counts.sum()
+            if total:
+                i0 = i * _FEW_SUB * _FEW_ITEM
+                put(sums, i, _sum_run(own, min(_FEW_SUB * _FEW_ITEM, N - i0), 0.0))
+        return flagged.sum(), bads.sum(), counts.sum(), _sum_run(sums, nitem, 0.0)
 
     return kernel
 
@@ -1402,12 +1434,16 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
 def _few_classes(xb, xo, N, C, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode):
     """Cross-entropy (and gradient unless mode is _FWD) of N rows of C classes that are one
     run: x from xb[xo], labels lb[lo + r * lr], losses ob[oo + r], gradient gb[go],
-    grad_scale sb[so + r * sr]. Returns (labels out of range, labels counted)."""
+    grad_scale sb[so + r * sr]. Returns (labels out of range, labels counted, the sum of
+    the losses in mode _TOTAL, else 0.0); None in mode _TOTAL when a row has an infinite
+    max (its fix-up needs the losses written: the caller runs the call again so)."""
     args = (xb, xo, N, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode)
-    flagged, bad, counted = _few_loss_kernel(C)(*args)
+    flagged, bad, counted, total = _few_loss_kernel(C)(*args)
     if flagged:
+        if mode == _TOTAL:
+            return None
         _few_fixup_kernel(xb, xo, N, C, *args[3:])
-    return bad, counted
+    return bad, counted, total
 
 
 # ============================================================================ launchers
@@ -1583,13 +1619,13 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
         return None
     w, W = _weights(weight, C, loss_out.dtype)
     if path == "pair":
-        bad, counted = _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os,
-                                    gb, gs, sb, ss, mode)
+        bad, counted, _ = _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), ob, os,
+                                       gb, gs, sb, ss, mode)
         return int(bad), int(counted)
     if path == "few":
-        bad, counted = _few_classes(xb, xs[0], P * Q, C, lb, ls[0], run[0], w,
-                                    int(ignore_index), ob, os[0], gb, gs[0], sb, ss[0],
-                                    run[1], mode)
+        bad, counted, _ = _few_classes(xb, xs[0], P * Q, C, lb, ls[0], run[0], w,
+                                       int(ignore_index), ob, os[0], gb, gs[0], sb, ss[0],
+                                       run[1], mode)
         return int(bad), int(counted)
     args = (xb, xs, P, Q, C, lb, ls, w, W, int(ignore_index), float(smoothing),
             float(z_loss), ob, os, gb, gs, sb, ss, mode)
@@ -1608,6 +1644,35 @@ def cross_entropy_counting(x, labels, weight, ignore_index, smoothing, z_loss, l
     other call. (CPU only: the GPU's label check stays a pass of its own.)"""
     return cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
                          only_if_counting=True)
+
+
+def cross_entropy_counting_sum(x, labels, weight, ignore_index, smoothing, z_loss, dtype,
+                               stream=None):
+    """cross_entropy_counting for a "sum" or "mean": (labels out of range, labels counted,
+    the float64 sum of the losses), the sum with the bits of sum_rows over the losses that
+    cross_entropy writes, but none written (at (4_000_000, 2) their write and read back were
+    a third of the memory traffic). `dtype` is the losses' (the compute dtype). None, having
+    run nothing, where cross_entropy_counting would return None, or where the kernel's work
+    items are not sum_rows' blocks (P > 1); None too, having run the kernel, where a row has
+    an infinite max (the few-classes fix-up): the caller then takes the general path."""
+    P, Q, C = x.shape
+    if P != 1 or Q == 0 or C > max(2, _FEW_C):
+        return None
+    xb, xs = _flat(x)
+    lb, ls = _flat(labels)
+    os = (0, Q, 1)   # the losses' layout, as for a new (1, Q) array
+    path, run = _route(x, xs, ls, os, (0, 0, 0), None, smoothing, z_loss, _FWD)
+    if path not in ("pair", "few"):
+        return None
+    w, _ = _weights(weight, C, dtype)
+    none = np.empty(0, dtype)   # the losses' dtype for the kernels; never indexed
+    if path == "pair":
+        res = _pair_kernel(xb, xs, P, Q, lb, ls, w, int(ignore_index), none, os,
+                           xb, xs, _NO_SCALE, (0, 0, 0), _TOTAL)
+    else:
+        res = _few_classes(xb, xs[0], Q, C, lb, ls[0], run[0], w, int(ignore_index),
+                           none, 0, xb, xs[0], _NO_SCALE, 0, run[1], _TOTAL)
+    return None if res is None else (int(res[0]), int(res[1]), float(res[2]))
 
 
 def cross_entropy_soft(x, probs, weight, smoothing, z_loss, loss_out, grad_scale=None,
