@@ -36,7 +36,8 @@ compile-time constant, see `_takes_few`).
 Determinism: per-row results depend only on the row (and which of those kernels its call
 takes, by C, options and the CPU's vector width: never by the number of rows); `sum_rows`
 and `label_stats` reduce fixed blocks of `_RED_BLOCK` rows in parallel and combine the
-partials in block order. Options (weight, smoothing, z_loss, gradient or not, in place or
+partials in block order (the two- and few-classes kernels, summing their own losses for a
+forward "sum" or "mean", do the same with the same loop: the same bits). Options (weight, smoothing, z_loss, gradient or not, in place or
 not) are runtime values branched on outside the inner loops: each kernel compiles once per
 dtype (and label dtype), the few-classes kernels once per C too.
 """
