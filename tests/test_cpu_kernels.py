@@ -222,6 +222,46 @@ def test_exp_term_domain_and_edges(dtype, name, lo, tol):
     assert np.isnan(e[-1])
 
 
+def test_exp_nonpos32_is_exp32_on_every_float32_at_most_zero():
+    """exp_nonpos32 (the few-classes gradient's exp) has exp32's bits on its whole domain:
+    every float32 from -0 down to -inf, in a parallel fast-math kernel as the kernels
+    compile it; NaN gives NaN. (2**31 values: about 10 s on two threads.)"""
+    exp32, nonpos = _math.exp32, _math.exp_nonpos32
+
+    @numba.njit(fastmath=set(FASTMATH), error_model="numpy", parallel=True)
+    def mismatches(lo, hi):   # over the bit patterns [lo, hi), in blocks
+        nblk = 256
+        per = np.zeros(nblk, np.int64)
+        for b in numba.prange(nblk):
+            bits = np.empty(4096, np.uint32)
+            f = bits.view(np.float32)
+            ea, ec = np.empty(4096, np.float32), np.empty(4096, np.float32)
+            ba, bc = ea.view(np.uint32), ec.view(np.uint32)
+            s, e = lo + (hi - lo) * b // nblk, lo + (hi - lo) * (b + 1) // nblk
+            for i0 in range(s, e, 4096):
+                m = min(4096, e - i0)
+                for j in range(m):
+                    bits[j] = np.uint32(i0 + j)
+                for j in range(m):
+                    ea[j] = exp32(f[j])
+                for j in range(m):
+                    ec[j] = nonpos(f[j])
+                for j in range(m):
+                    per[b] += 0 if ba[j] == bc[j] else 1
+        return per.sum()
+
+    assert mismatches(0x80000000, 0xFF800001) == 0   # -0.0 ... -inf
+
+    @numba.njit(fastmath=set(FASTMATH), error_model="numpy")
+    def run(a):
+        return np.array([nonpos(v) for v in a])
+
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF], np.uint32).view(np.float32)
+    assert np.isnan(run(nans)).all()
+    assert run(np.array([0.0, -103.97, -104.0, -1e30, -np.inf], np.float32)).tolist() == [
+        1.0, np.float32(1e-45), 0.0, 0.0, 0.0]   # (1e-45: the least subnormal)
+
+
 @pytest.mark.parametrize("to_f32, to_half", [("h2f", "f2h"), ("h2f_bits", "f2h_bits")])
 def test_half_conversions_exhaustive(to_f32, to_half):
     """The conversions kernels use (native F16C where the CPU has it) and the bit-twiddling

@@ -12,8 +12,9 @@ reduction. This module supplies loop-friendly replacements:
 - `h2f`, `f2h`: float16 <-> float32 through uint16 bit patterns (Numba has no float16).
 - dtype-generic helpers over a kernel's buffer dtype (float16 buffers are uint16 views):
   `load`/`store` convert between storage and the *compute dtype* (float32 for float16 and
-  float32, float64 for float64), `cexp`/`clog` pick the compute dtype's exp/log, `cval`
-  casts a constant to it. Kernels written with these compile once per buffer dtype.
+  float32, float64 for float64), `cexp`/`clog` pick the compute dtype's exp/log
+  (`cexp_term`, `cexp_nonpos`: cheaper exps for x - max(row)), `cval` casts a constant
+  to it. Kernels written with these compile once per buffer dtype.
 - `at`/`put`: `a[i]` and `a[i] = v` without Numba's negative-index wraparound, which made
   LLVM vectorise loops with gathers; `load`/`store` are built on them.
 - `compute_or`: a view, or a scratch where the view's dtype is float16 (compile time).
@@ -234,6 +235,18 @@ def exp32(x):
     y = _F0 if x < _EXP_LO else y
     y = _FINF if x > _EXP_HI else y
     return x if x != x else y
+
+
+_NONPOS_FLOOR = np.float32(-104.0)   # exp_core gives 0 here and on [-104, _EXP_LO)
+
+
+@_sjit()
+def exp_nonpos32(d):
+    """exp32(d), bit for bit, for d <= 0 (-inf included) and NaN: exp32 without its
+    overflow select, and with its underflow select a clamp (d < -104, where exp32 is 0, is
+    taken as -104, where exp_core is 0 too). For d = x - max(row), as in a gradient. d > 0
+    is outside its domain (garbage). A test compares it with exp32 on every float32 <= 0."""
+    return exp_core(_NONPOS_FLOOR if d < _NONPOS_FLOOR else d)   # NaN: the compare is false
 
 
 _SQRTHF = np.float32(0.707106781186547524)
@@ -507,6 +520,11 @@ def cexp_term(v):
     """exp_term32/exp_term64 by v's compute dtype: a term exp(x - max) of a row's sum."""
 
 
+def cexp_nonpos(v):
+    """cexp(v) for v <= 0 or NaN (v = x - max(row)), bit for bit: exp_nonpos32 for float32,
+    exp64 for float64."""
+
+
 def clog(v):
     """log in v's own dtype: log32 for float32, log64 for float64."""
 
@@ -611,6 +629,13 @@ def _ol_cexp_term(v):
     if v == types.float32:
         return lambda v: exp_term32(v)
     return lambda v: exp_term64(v)
+
+
+@overload(cexp_nonpos, jit_options=_OPTS)
+def _ol_cexp_nonpos(v):
+    if v == types.float32:
+        return lambda v: exp_nonpos32(v)
+    return lambda v: exp64(v)
 
 
 @overload(clog, jit_options=_OPTS)
