@@ -553,20 +553,20 @@ def test_sum_folded_into_two_and_few_classes_kernels(c, dtype, monkeypatch):
         logits = make_logits((n, c), dtype)
         labels = make_labels((n,), c, ignore_frac=0.2)
         for case in ("finite", "nan", "inf"):
-            x, labels = logits.copy(), labels.copy()
+            x, lab = logits.copy(), labels.copy()
             if case == "nan":
                 x[n // 2, 0] = np.nan
             elif case == "inf":
                 x[n - 1, c - 1] = np.inf
-                labels[n - 1] = 0   # the row's loss is then inf
-            losses = nbxent.cross_entropy(x, labels, reduction="none")
+                lab[n - 1] = 0   # the row's loss is then inf
+            losses = nbxent.cross_entropy(x, lab, reduction="none")
             assert losses.dtype == (np.float64 if dtype == np.float64 else np.float32)
-            counted = int((labels != -100).sum())
+            counted = int((lab != -100).sum())
             for reduction, scale in (("sum", 1.0), ("mean", 1.0 / counted if counted else np.nan)):
                 want = np.empty(1, losses.dtype)
                 cpu_k.sum_rows(losses.reshape(1, -1), scale, want)
                 del sums[:]
-                got = nbxent.cross_entropy(x, labels, reduction=reduction)
+                got = nbxent.cross_entropy(x, lab, reduction=reduction)
                 assert got.dtype == losses.dtype
                 assert got.tobytes() == want[0].tobytes() or (
                     np.isnan(got) and np.isnan(want[0])), (n, case, reduction)

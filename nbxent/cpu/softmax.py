@@ -37,9 +37,10 @@ Determinism: per-row results depend only on the row (and which of those kernels 
 takes, by C, options and the CPU's vector width: never by the number of rows); `sum_rows`
 and `label_stats` reduce fixed blocks of `_RED_BLOCK` rows in parallel and combine the
 partials in block order (the two- and few-classes kernels, summing their own losses for a
-forward "sum" or "mean", do the same with the same loop: the same bits). Options (weight, smoothing, z_loss, gradient or not, in place or
-not) are runtime values branched on outside the inner loops: each kernel compiles once per
-dtype (and label dtype), the few-classes kernels once per C too.
+forward "sum" or "mean", do the same with the same loop: the same bits). Options (weight,
+smoothing, z_loss, gradient or not, in place or not) are runtime values branched on
+outside the inner loops: each kernel compiles once per dtype (and label dtype), the
+few-classes kernels once per C too.
 """
 
 from __future__ import annotations
@@ -1250,7 +1251,7 @@ def _few_loss_kernel(C):
     return kernel
 
 
-# Whether the few-classes gradient of C classes takes cexp_nonpos (the same bits as cexp, cheaper)
+# Whether the few-classes gradient of C classes takes cexp_nonpos (cexp's bits, cheaper)
 # rather than cexp. Not where rows of C tile a float32 vector (C = 4 on AVX2): LLVM then
 # vectorised the flat loop over 4 lanes, not 8, and the gradient was 12% slower (Zen 3);
 # elsewhere 1-8% faster (C = 3-10, float32, 10_000_000 elements, 2026-12-03).
@@ -1348,9 +1349,9 @@ def _make_few_loss_kernel(C):
         labels are out of range, how many are counted (in range, not ignored), and in
         mode _TOTAL the sum of the losses, which are then not written: each work item's
         go to a scratch of its own, summed as sum_rows sums the same block of written
-        losses (a work item is one of its blocks); 0.0 in other modes. (The sum leaves out
-        nothing, but the flagged rows' losses are wrong until the fix-up: see
-        _few_classes.)"""
+        losses (a work item is one of its blocks); 0.0 in other modes. (A flagged row's
+        loss is the fix-up's, so with one the sum is not the call's: _few_classes then
+        returns None.)"""
         x, lab, w, out, g, sc = _b(x), _b(lab), _b(w), _b(out), _b(g), _b(sc)
         nsub = (N + _FEW_SUB - 1) // _FEW_SUB
         nitem = (nsub + _FEW_ITEM - 1) // _FEW_ITEM
