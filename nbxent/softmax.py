@@ -65,6 +65,13 @@ def _check_labels(rows: Rows, kernels, target, labels_view, weight_view, ignore_
     return float(total)
 
 
+def _raise_counted_bad(rows: Rows, kernels, target, labels_view, weight_view, ignore_index):
+    """After a kernel counted a label out of range (cross_entropy_counting or its _sum): the
+    separate check's error, naming the first bad label."""
+    _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
+    raise AssertionError("the kernel counted a bad label the check missed")
+
+
 def _per_row_grad_output(rows: Rows, grad_output):
     """grad_output of reduction "none" as float64 broadcast to the per-row shape."""
     be = rows.be
@@ -146,36 +153,32 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     x_view = rows.x_view()
     weight_view = be.view(weight_arr, *be.shape_strides(weight_arr))
     direct_out = out is not None and rows.fits_rows(out)
-    if kind == "hard" and not want_grad and out is None and weight is None \
-            and reduction != "none":
-        # the label check and the sum folded into the kernel (CPU, two and few classes):
-        # no losses written
+    labels_view = rows.rows_view(labels) if kind == "hard" else None
+    # the label check folded into the kernel (CPU, two and few classes): it writes only its
+    # own new losses (none for a "sum" or "mean": it sums them), so a bad label still
+    # leaves every input unchanged
+    may_count = kind == "hard" and not want_grad and out is None and weight is None
+    if may_count and reduction != "none":
         summing = getattr(kernels, "cross_entropy_counting_sum", None)
-        labels_view = rows.rows_view(labels)
         res = summing and summing(x_view, labels_view, weight_view, ignore_index, eps, z,
                                   loss_dtype, be.stream)
         if res is not None:
             bad, counted, total = res
             if bad and check:
-                _check_labels(rows, kernels, target, labels_view, weight_view, ignore_index)
-                raise AssertionError("the kernel counted a bad label the check missed")
+                _raise_counted_bad(rows, kernels, target, labels_view, weight_view, ignore_index)
             return _reduce(rows, kernels, None, loss_dtype, reduction, float(counted), total)
     loss = out if direct_out else rows.new_rows(loss_dtype)
     loss_view = rows.rows_view(loss)
     if kind == "hard":
-        labels_view = rows.rows_view(labels)
-        if not want_grad and out is None and weight is None:
-            # the label check folded into the kernel (CPU, two and few classes): it writes
-            # only its own new losses, so a bad label still leaves every input unchanged
+        if may_count:
             counting = getattr(kernels, "cross_entropy_counting", None)
             counts = counting and counting(x_view, labels_view, weight_view, ignore_index,
                                            eps, z, loss_view, be.stream)
             if counts is not None:
                 bad, counted = counts
                 if bad and check:
-                    _check_labels(rows, kernels, target, labels_view, weight_view,
-                                  ignore_index)   # raises, naming the first bad label
-                    raise AssertionError("the kernel counted a bad label the check missed")
+                    _raise_counted_bad(rows, kernels, target, labels_view, weight_view,
+                                       ignore_index)
                 return _reduce(rows, kernels, loss_view, loss_dtype, reduction,
                                float(counted)) if reduction != "none" else be.wrap(loss)
         # only a mean needs the labels' total (the gradient scale of a "mean" included)

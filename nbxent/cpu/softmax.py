@@ -1453,7 +1453,7 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
 
 
 def _few_classes(xb, xo, N, C, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode):
-    """Cross-entropy (and gradient unless mode is _FWD) of N rows of C classes that are one
+    """Cross-entropy (and gradient with mode _GRAD or _INPLACE) of N rows of C classes that are one
     run: x from xb[xo], labels lb[lo + r * lr], losses ob[oo + r], gradient gb[go],
     grad_scale sb[so + r * sr]. Returns (labels out of range, labels counted, the sum of
     the losses in mode _TOTAL, else 0.0); None in mode _TOTAL when a row has an infinite
@@ -1598,6 +1598,12 @@ def _one_run(P, Q, C, xs, ls, os, ss, gs):
     return lr, sr
 
 
+def _may_count(C):
+    """Whether a call of C classes may take a kernel that counts its labels (two classes,
+    or few: see _route); False rules out both without looking at the layout."""
+    return C <= max(2, _FEW_C)
+
+
 def _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode):
     """Which kernel takes a cross_entropy call: "pair", "few" (with _one_run's strides),
     "small" or "rows"."""
@@ -1623,7 +1629,7 @@ def cross_entropy(x, labels, weight, ignore_index, smoothing, z_loss, loss_out,
     Returns (labels out of range, labels counted) where the kernel counts them (two and
     few classes), else None; only_if_counting: run nothing where it would not count."""
     P, Q, C = x.shape
-    if P * Q == 0 or (only_if_counting and C > max(2, _FEW_C)):   # (no layout work then)
+    if P * Q == 0 or (only_if_counting and not _may_count(C)):   # (no layout work then)
         return None
     if _via_temporary(grad_out, (x, labels, weight, loss_out)):
         tmp = np.empty(grad_out.shape, grad_out.dtype)
@@ -1677,7 +1683,7 @@ def cross_entropy_counting_sum(x, labels, weight, ignore_index, smoothing, z_los
     items are not sum_rows' blocks (P > 1); None too, having run the kernel, where a row has
     an infinite max (the few-classes fix-up): the caller then takes the general path."""
     P, Q, C = x.shape
-    if P != 1 or Q == 0 or C > max(2, _FEW_C):
+    if P != 1 or Q == 0 or not _may_count(C):
         return None
     xb, xs = _flat(x)
     lb, ls = _flat(labels)
