@@ -635,15 +635,15 @@ def test_cross_entropy_special_rows(C):
 
 
 def test_few_classes_kernels_take_the_calls_they_are_fastest_at(monkeypatch):
-    """Calls of 3..K._FEW_C classes, with a gradient or not, go to the few-classes kernels;
-    C past K._FEW_C goes to the small-C kernel."""
+    """Forward calls of 3..K._FEW_C classes, and calls with a gradient of 3..K._FEW_GRAD_C,
+    go to the few-classes kernels; C past those limits goes to the small-C kernel."""
     taken = []
     few = K._few_classes
     monkeypatch.setattr(K, "_few_classes", lambda *args: taken.append(args[3]) or few(*args))
     rng = np.random.default_rng(7)
     w = np.empty(0, F32)
     calls = [(3, False), (K._FEW_C, False), (K._FEW_C + 1, False),
-             (3, True), (K._FEW_C, True), (K._FEW_C + 1, True)]
+             (3, True), (K._FEW_GRAD_C, True), (K._FEW_GRAD_C + 1, True)]
     for C, with_grad in calls:
         x = logits(rng, (1, 40, C), F32)
         y = rng.integers(0, C, (1, 40))
@@ -651,7 +651,7 @@ def test_few_classes_kernels_take_the_calls_they_are_fastest_at(monkeypatch):
         grad = (np.broadcast_to(np.float64(1.0), (1, 40)), np.empty_like(x)) if with_grad else ()
         K.cross_entropy(x, y, w, IGNORE, 0.0, 0.0, loss, *grad)
         close(loss, ref_ce(x, y, w, 0.0, 0.0)[0], 2e-6, f"C={C}")
-    assert taken == [3, K._FEW_C, 3, K._FEW_C]
+    assert taken == [3, K._FEW_C, 3, K._FEW_GRAD_C]
 
 
 @pytest.mark.parametrize("dtype", [F32, F64, F16])

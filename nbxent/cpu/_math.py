@@ -56,6 +56,16 @@ def host_has(feature: str) -> bool:
         return False
 
 
+def host_cpu() -> str:
+    """LLVM's name for this host's CPU (e.g. "znver4"), "" where it cannot tell."""
+    try:
+        from llvmlite import binding as llvm
+
+        return llvm.get_host_cpu_name()
+    except Exception:  # no CPU query on this platform
+        return ""
+
+
 # ----------------------------------------------------------------------------- intrinsics
 
 

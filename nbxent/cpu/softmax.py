@@ -30,8 +30,8 @@ Small C (C <= `_SMALL_C`, any class stride; cross_entropy only): blocks of
 loss, gradient) is vectorised across rows; C stays a runtime value (one compilation).
 Without label smoothing and z-loss two cases go faster: C == 2 (`_pair_kernel`: the loss
 is softplus(x_other - x_y), rows read in place) and, for rows that are one contiguous run,
-3 <= C <= `_FEW_C` (`_few_loss_kernel`: compiled once per C, rows read in place with C a
-compile-time constant, see `_takes_few`).
+3 <= C <= `_FEW_C` (`_FEW_GRAD_C` with a gradient; `_few_loss_kernel`: compiled once per
+C, rows read in place with C a compile-time constant, see `_takes_few`).
 
 Determinism: per-row results depend only on the row (and which of those kernels its call
 takes, by C, options and the CPU's vector width: never by the number of rows); `sum_rows`
@@ -55,8 +55,8 @@ from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
 from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_nonpos, cexp_term, clog, compute_or,
-                              crow, cval, diff_add, fmax, host_has, is_half, load, prefetch,
-                              put, srow, stack_scratch, store, sub2)
+                              crow, cval, diff_add, fmax, host_cpu, host_has, is_half, load,
+                              prefetch, put, srow, stack_scratch, store, sub2)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
@@ -1218,19 +1218,23 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # every C (linking _ce_row in cost 6 s per C), and the kernel calls no jitted closure (a
 # closure over a dispatcher gets a new cache key in every process: NBXENT_CACHE missed).
 
-# Which calls the few-classes kernels take (_takes_few): C up to _FEW_C, with a gradient or
-# not. On Zen 3 (AVX2) LLVM left the class loops rolled from C = 11 on (a third of the
-# small-C kernel's speed); on Zen 5 (AVX-512) its interleaved loads stop at 8 classes and C
-# = 9 and 10 load each class with gathers (10_000_000 elements, 2 threads: forward 7.8-9.3
-# ms against the small-C kernel's 5.8-6.3), while on Zen 3 C = 9 and 10 run at 2x the
-# small-C kernel (8.5-9.0 ms against 19.5-19.7; 2026-12-02). Below that the forward is
-# 1.5-3x the small-C kernel's on both. With a gradient (_few_grad_flat), on Zen 3, 1_000_000
+# Which calls the few-classes kernels take (_takes_few): C up to _FEW_C for the forward,
+# up to _FEW_GRAD_C with a gradient. On Zen 3 (AVX2) LLVM left the class loops rolled from
+# C = 11 on (a third of the small-C kernel's speed); with AVX-512 its interleaved loads
+# stop at 8 classes and C = 9 and 10 load each class with gathers. 10_000_000 elements, 2
+# threads, forward: on Zen 5 those gathers lost (7.8-9.3 ms against the small-C kernel's
+# 5.8-6.3); on Zen 3 C = 9 and 10 ran at 2x the small-C kernel (8.5-9.0 ms against
+# 19.5-19.7; 2026-12-02); on Zen 4 (znver4), gathers and all, at 1.28-1.35x in float32,
+# 1.0-1.1x in float64 and 2x in float16 (2026-12-03). Below 9 the forward is 1.5-3x the
+# small-C kernel's on all three. With a gradient (_few_grad_flat), on Zen 3, 1_000_000
 # rows, 2 threads (2026-12-03): float32 1.3-2x the small-C kernel's speed over C = 3-10,
-# float16 1.2-2x but for C = 9 (0.8-1.1x), float64 0.8-1.5x (noisy; about even). Zen 5 has
-# not measured _few_grad_flat (its row-by-row predecessor ran at 0.6-1.4x there). Both
-# kernels give a row's loss the same bits, so the choice changes speed only (and the
-# gradient's last bits in places).
-_FEW_C = 8 if host_has("avx512f") else 10
+# float16 1.2-2x but for C = 9 (0.8-1.1x), float64 0.8-1.5x (noisy; about even); on Zen 4
+# C = 9 and 10 were even in float32 (0.92-1.04x), behind in float64 (0.76-0.86x). Zen 5
+# has not measured _few_grad_flat (its row-by-row predecessor ran at 0.6-1.4x there).
+# Both kernels give a row's loss the same bits, so the choice changes speed only (and
+# the gradient's last bits in places): a fused call's loss keeps the forward's bits.
+_FEW_GRAD_C = 8 if host_has("avx512f") else 10
+_FEW_C = 10 if host_cpu() == "znver4" else _FEW_GRAD_C
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
@@ -1238,10 +1242,10 @@ assert _FEW_SUB * _FEW_ITEM == _PAIR_ROWS == _RED_BLOCK   # work items are sum_r
 _FLAGGED = -1.0    # the sum of exps of a row left to _few_fixup_kernel (infinite max)
 
 
-def _takes_few(C):
-    """Whether a call of C classes (rows one run, no smoothing or z-loss) goes to the
-    few-classes kernels (see _FEW_C)."""
-    return 3 <= C <= _FEW_C
+def _takes_few(C, mode):
+    """Whether a call of C classes (rows one run, no smoothing or z-loss) in `mode` goes
+    to the few-classes kernels (see _FEW_C)."""
+    return 3 <= C <= (_FEW_C if mode == _FWD else _FEW_GRAD_C)
 
 
 def _few_loss_kernel(C):
@@ -1618,7 +1622,7 @@ def _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode):
         # (float64's softplus is libm's scalar exp and log1p: the small-C kernel, with the
         # vectorised exp64/log64, is 2x faster there)
         return "pair", None
-    if _takes_few(C) and smoothing == 0 and z_loss == 0:
+    if _takes_few(C, mode) and smoothing == 0 and z_loss == 0:
         run = _one_run(P, Q, C, xs, ls, os, ss, gs if mode == _GRAD else None)
         if run:
             return "few", run
