@@ -1458,11 +1458,12 @@ def _few_fixup_kernel(x, xb, N, C, lab, lb, lr, w, ignore, out, ob, g, gb, sc, s
 
 
 def _few_classes(xb, xo, N, C, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode):
-    """Cross-entropy (and gradient with mode _GRAD or _INPLACE) of N rows of C classes that are one
-    run: x from xb[xo], labels lb[lo + r * lr], losses ob[oo + r], gradient gb[go],
-    grad_scale sb[so + r * sr]. Returns (labels out of range, labels counted, the sum of
-    the losses in mode _TOTAL, else 0.0); None in mode _TOTAL when a row has an infinite
-    max (its fix-up needs the losses written: the caller runs the call again so)."""
+    """Cross-entropy (and gradient with mode _GRAD or _INPLACE) of N rows of C classes
+    that are one run: x from xb[xo], labels lb[lo + r * lr], losses ob[oo + r], gradient
+    gb[go], grad_scale sb[so + r * sr]. Returns (labels out of range, labels counted, the
+    sum of the losses in mode _TOTAL, else 0.0); None in mode _TOTAL when a row has an
+    infinite max (its fix-up needs the losses written: the caller runs the call again
+    so)."""
     args = (xb, xo, N, lb, lo, lr, w, ignore, ob, oo, gb, go, sb, so, sr, mode)
     flagged, bad, counted, total = _few_loss_kernel(C)(*args)
     if flagged:
@@ -1610,8 +1611,9 @@ def _one_run(P, Q, C, xs, ls, os, ss, gs):
 
 def _may_count(C):
     """Whether a call of C classes may take a kernel that counts its labels (two classes,
-    or few: see _route); False rules out both without looking at the layout."""
-    return C <= max(2, _FEW_C)
+    or few, with a gradient or not: see _route); False rules out both without looking at
+    the layout."""
+    return C <= max(2, _FEW_C, _FEW_GRAD_C)
 
 
 def _route(x, xs, ls, os, ss, gs, smoothing, z_loss, mode):
