@@ -477,15 +477,18 @@ def test_small_c_rows_have_the_same_bits_in_every_layout_and_block(C):
     w = np.empty(0, F32)
     scale = np.broadcast_to(np.float64(1.0), (1, 300))
 
-    def run(x, yy):
+    def run(x, yy, grad_kind="C"):
         loss = np.empty(yy.shape, F32)
-        grad = layout(np.empty(x.shape, F32), "C")
+        grad = layout(np.empty(x.shape, F32), grad_kind)
         K.cross_entropy(x, yy, w, IGNORE, 0.1, 0.0, loss, scale[:, :yy.shape[1]], grad)
         return loss, grad
 
     want_loss, want_grad = run(a, y)
     for kind in ("F", "S"):
         loss, grad = run(layout(a, kind), y)
+        assert np.array_equal(loss, want_loss), kind
+        assert np.array_equal(grad, want_grad), kind
+        loss, grad = run(a, y, kind)   # a gradient with a class stride (its own copy out)
         assert np.array_equal(loss, want_loss), kind
         assert np.array_equal(grad, want_grad), kind
     b = a.copy()

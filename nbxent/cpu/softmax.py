@@ -1018,17 +1018,32 @@ def _small_block(x, xb, xr, xc, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob
         for j in range(n):
             e = at(T, c * R + j)
             put(T, c * R + j, e * cval(x, e > floor) * at(KK, j) - k2 * at(SC, j))
-    for j in range(n):
-        grow = srow(g, gb + j * gr, C, gc)
-        y = at(lab, lb + j * lr)
-        if at(OK, j) == zero or y < 0 or y >= C:   # ignored, or unchecked and out of range
-            fill = zero if at(OK, j) == zero else cval(x, np.nan)
-            for c in range(C):
-                store(grow, c, fill)
-            continue
+    if gc == 1:
+        for j in range(n):
+            _small_grad_row(crow(g, gb + j * gr, C), T, j, at(lab, lb + j * lr), at(OK, j),
+                            at(SC, j) * omeps * at(WY, j))
+    else:
+        for j in range(n):
+            _small_grad_row(srow(g, gb + j * gr, C, gc), T, j, at(lab, lb + j * lr),
+                            at(OK, j), at(SC, j) * omeps * at(WY, j))
+
+
+@hjit(fastmath=set(STRICT), inline="always")
+def _small_grad_row(grow, T, j, y, ok, dy):
+    """Row j of _small_block's gradient from T (class-major: class c at c * _SMALL_R)
+    into grow: less dy at the label y; zeros for an ignored row (ok == 0), NaN for a label
+    outside [0, C) (unchecked). A contiguous grow is its own compiled loop (a crow)."""
+    R = _SMALL_R
+    C = grow.size
+    zero = cval(T, 0.0)
+    if ok == zero or y < 0 or y >= C:
+        fill = zero if ok == zero else cval(T, np.nan)
         for c in range(C):
-            store(grow, c, at(T, c * R + j))
-        store(grow, y, at(T, y * R + j) - at(SC, j) * omeps * at(WY, j))
+            store(grow, c, fill)
+        return
+    for c in range(C):
+        store(grow, c, at(T, c * R + j))
+    store(grow, y, at(T, y * R + j) - dy)
 
 
 @pjit()
