@@ -56,7 +56,7 @@ from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
 from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_nonpos, cexp_term, clog, compute_or,
                               crow, cval, diff_add, fmax, host_cpu, host_has, is_half, load,
-                              prefetch, put, srow, stack_scratch, store, sub2)
+                              prefetch, put, srow, stack_scratch, store, sub2, wide_vectors)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
@@ -915,6 +915,7 @@ def _small_block(x, xb, xr, xc, n, C, lab, lb, lr, w, W, ignore, eps, z, out, ob
     vectorised across rows. Only the copy in and out (and the label gathers) are per-row
     scalar code."""
     R = _SMALL_R
+    wide_vectors()
     T = crow(scratch, 0, C * R)
     M = crow(scratch, C * R, R)          # shift
     S = crow(scratch, (C + 1) * R, R)    # sum exp
@@ -1162,6 +1163,7 @@ def _pair_block(x, xb, xr, xc, n, lab, lb, lr, w0, w1, ignore, out, ob, orr,
     labels are first coded as int32 (0 or 1, 2 ignored, 3 out of range): with int64 labels
     in the loop, LLVM vectorises it 4 lanes wide, with int32 8 lanes (1.6x). Returns the
     number of labels out of range and the number counted (in range, not ignored)."""
+    wide_vectors()
     contiguous = xr == 2 and xc == 1 and orr == 1 and (mode == _FWD or (gr == 2 and gc == 1))
     ignored = np.int32(2)
     bad = 0
@@ -1245,11 +1247,17 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # rows, 2 threads (2026-12-03): float32 1.3-2x the small-C kernel's speed over C = 3-10,
 # float16 1.2-2x but for C = 9 (0.8-1.1x), float64 0.8-1.5x (noisy; about even); on Zen 4
 # C = 9 and 10 were even in float32 (0.92-1.04x), behind in float64 (0.76-0.86x). Zen 5
-# has not measured _few_grad_flat (its row-by-row predecessor ran at 0.6-1.4x there).
-# Both kernels give a row's loss the same bits, so the choice changes speed only (and
-# the gradient's last bits in places): a fused call's loss keeps the forward's bits.
+# has not measured _few_grad_flat (its row-by-row predecessor ran at 0.6-1.4x there). On
+# an Intel Xeon with AVX-512 (2026-12-08; both kernels 512 bits wide, see wide_vectors),
+# the forward of C = 9 and 10 ran at 1.8-3.9x the small-C kernel's speed in float32,
+# 2.0-2.4x in float16, 1.5-2.2x in float64; the gradients at 0.95-1.15x in float32,
+# 0.87-1.13x in float64, 0.66-0.73x in float16 at C = 10 (1_000_000 rows, 2 threads, 3
+# alternated processes). So the forward goes to 10 classes but on Zen 5, the gradient to
+# 8 with AVX-512. Both kernels give a row's loss the same bits, so the choice changes
+# speed only (and the gradient's last bits in places): a fused call's loss keeps the
+# forward's bits.
 _FEW_GRAD_C = 8 if host_has("avx512f") else 10
-_FEW_C = 10 if host_cpu() == "znver4" else _FEW_GRAD_C
+_FEW_C = _FEW_GRAD_C if host_cpu() == "znver5" else 10
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
@@ -1296,6 +1304,7 @@ def _few_grad_pass(X, n, C, codes, WY, SH, SS, SC, nonpos):
     straight into another array LLVM left the loop scalar: 5x slower). A flagged row keeps
     its logits, for _few_fixup_kernel. (Used for blocks with a flagged row only: see
     _few_grad_flat.)"""
+    wide_vectors()
     zero = cval(X, 0.0)
     nan = cval(X, np.nan)
     flag = cval(X, _FLAGGED)
@@ -1332,6 +1341,7 @@ def _few_grad_flat(X, G, n, C, codes, WY, SH, SS, SC, mode, nonpos):
     neither X nor G: they are copied to the stack first (from heap scratch it stayed
     scalar, 5x slower); and in place it is a loop over X alone (with G the same array, the
     run-time overlap check sent it to the scalar loop)."""
+    wide_vectors()
     F = _few_factors(X)
     for j in range(n):
         put(F, j, at(SH, j))
@@ -1391,6 +1401,7 @@ def _make_few_loss_kernel(C):
             SS = cempty(x, _FEW_SUB)
             own = cempty(out, _FEW_SUB * _FEW_ITEM if total else 0)
             for k in range(i * _FEW_ITEM, min(nsub, (i + 1) * _FEW_ITEM)):
+                wide_vectors()
                 r0 = k * _FEW_SUB
                 n = min(_FEW_SUB, N - r0)
                 for j in range(n):
