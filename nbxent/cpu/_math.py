@@ -101,11 +101,12 @@ def wide_vectors(typingctx):
     (with what Numba inlined into it), or a parallel loop's body when called inside a
     `prange`. Loops vectorised so keep their width where LLVM inlines the function.
 
-    For the kernels that vectorise across rows (two, few and small class counts): on an
-    Intel Xeon with AVX-512 they ran 1.1-2.5x as fast so (docs/benchmarks.md), while the
-    large-C row kernels' gradients ran slower and are left to LLVM's choice. The width
-    changes no result: sums whose order could follow it are compiled without 'reassoc'
-    or kept in functions of their own."""
+    For the kernels that vectorise across rows (two, few and small class counts) and the
+    divergences' row sums: on an Intel Xeon with AVX-512 they ran 1.1-2.5x as fast so
+    (docs/benchmarks.md), while the cross-entropy row kernels' gradients ran slower and
+    are left to LLVM's choice. The width changes no result where it is used: a vector lane
+    does one row's or one element's arithmetic, and sums across lanes have an order fixed
+    by the source (compiled without 'reassoc') or are integer counts."""
     def codegen(context, builder, sig, args):
         if _HAS_AVX512:
             # llvmlite knows no string attributes: add it to the set past its check
