@@ -8,12 +8,17 @@ CACHE: Numba's on-disk cache (`cache=True`), off unless NBXENT_CACHE=1 is set be
 is imported. It is opt-in because the cache is keyed by the CPU model and the function's own
 file only (a changed helper in another module does not invalidate it) and concurrent
 processes writing the same cache files have been reported to crash (numba issues 4807,
-10128). With it on, a later process's first call skips most of the compilation. Numba
-optimises a parallel kernel loaded from the cache differently from a fresh compile (numba
-issue 10617), so arithmetic whose order LLVM may choose ('reassoc') can round differently
-in the two: kernels whose results would change are compiled without it (STRICT in
-nbxent.cpu._math), and tests/test_concurrency.py checks that every public call has the
-same bits loaded from the cache as freshly compiled.
+10128). With it on, a later process's first call skips most of the compilation. A
+kernel loaded from the cache can run other code than a fresh compile: its object code
+holds weak copies of the jitted functions it calls (optimised again in its own module),
+and in a fresh process the calls resolve to those functions' own compiles instead, while
+a process that loaded the kernel never compiles them. Arithmetic whose order LLVM may
+choose ('reassoc') can round differently in the two copies: where that was seen (the
+small-C kernel's z-loss; entropy from logits, on an Intel Xeon) the code is compiled
+without it (STRICT in nbxent.cpu._math), sums in a fixed order of partial sums. Others
+(logsumexp's row sums, the binary family's block sums) still reassociate; the check is
+tests/test_concurrency.py's: every public call has the same bits loaded from the cache as
+freshly compiled.
 """
 
 from __future__ import annotations
