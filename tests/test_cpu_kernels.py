@@ -349,6 +349,27 @@ def test_hot_loops_vectorise_without_gathers():
             assert re.search(r"<\d+ x float>", ir), f"{f.__name__}{sig}: not vectorised"
 
 
+def test_row_vectorised_kernels_ask_for_512_bit_vectors_on_avx512():
+    """wide_vectors() gives the function that calls it LLVM's "prefer-vector-width"="512"
+    on hosts with AVX-512 (for Intel's cores LLVM would vectorise 256 bits wide) and
+    nothing elsewhere; the cross-entropy row kernel's exp loop is left to LLVM (its fused
+    call ran slower at 512 bits)."""
+    rng = np.random.default_rng(5)
+    w = np.empty(0, F32)
+    for C in (2, 300):   # the two-classes kernel; the row kernel
+        x = logits(rng, (1, 64, C), F32)
+        K.cross_entropy(x, rng.integers(0, C, (1, 64)), w, IGNORE, 0.0, 0.0,
+                        np.empty((1, 64), F32))
+    attribute = '"prefer-vector-width"="512"'
+    for f, wide in ((K._pair_block, _math._HAS_AVX512), (K._exp_sums, False)):
+        sigs = [s for s in f.signatures if str(s[0]) == "array(float32, 1d, C)"]
+        assert sigs, f"{f.__name__} was not compiled for float32"
+        for sig in sigs:
+            assert (attribute in f.inspect_llvm(sig)) == wide, (f.__name__, sig)
+            if wide:
+                assert re.search(r"\bzmm\d", f.inspect_asm(sig)), (f.__name__, sig)
+
+
 def test_row_sums_keep_their_partial_sums_off_the_heap():
     """_exp_sums' partial sums live in a stack array: with a heap scratch LLVM could not
     rule out that it aliases the row, and every vector update of the sums went through
