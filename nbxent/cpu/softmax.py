@@ -1395,13 +1395,13 @@ def _make_few_loss_kernel(C):
         inf = cval(x, np.inf)
         flag = cval(x, _FLAGGED)
         for i in prange(nitem):
+            wide_vectors()
             codes = np.empty(_FEW_SUB, np.int32)
             WY = cempty(x, _FEW_SUB)
             SH = cempty(x, _FEW_SUB)
             SS = cempty(x, _FEW_SUB)
             own = cempty(out, _FEW_SUB * _FEW_ITEM if total else 0)
             for k in range(i * _FEW_ITEM, min(nsub, (i + 1) * _FEW_ITEM)):
-                wide_vectors()
                 r0 = k * _FEW_SUB
                 n = min(_FEW_SUB, N - r0)
                 for j in range(n):
