@@ -103,16 +103,22 @@ def _fold_lanes(S, o, k):
     return at(S, o)
 
 
+@hjit(inline="always")
+def _nsums(kind):
+    """How many of _terms' four terms `kind` uses (the others are 0)."""
+    return 4 if kind == _ENT_LOGITS else (3 if kind == _KL_LOGITS else 1)
+
+
 @hjit(fastmath=set(STRICT), inline="always")
 def _add_terms(kind, S, l, v, u, m, zero, one):
     """Adds the terms of element (v, u) to lane l of the partial sums in S (lane arrays
     of _LANES one after the other, as many as `kind` has sums)."""
     t0, t1, t2, t3 = _terms(kind, v, u, m, zero, one)
     put(S, l, at(S, l) + t0)
-    if kind == _ENT_LOGITS or kind == _KL_LOGITS:
+    if _nsums(kind) > 1:
         put(S, _LANES + l, at(S, _LANES + l) + t1)
         put(S, 2 * _LANES + l, at(S, 2 * _LANES + l) + t2)
-    if kind == _ENT_LOGITS:
+    if _nsums(kind) > 3:
         put(S, 3 * _LANES + l, at(S, 3 * _LANES + l) + t3)
 
 
@@ -122,8 +128,6 @@ def _make_row_sums(kind):
     the least power of two of lanes that holds them (the other lanes would add exact
     zeros). (The closure holds an int: a closure over a jitted function would get a new
     disk-cache key in every process.)"""
-    nsums = {_ENT: 1, _ENT_LOGITS: 4, _KL: 1, _KL_LOGITS: 3}[kind]
-
     @hjit(fastmath=set(STRICT))
     def sums(a, b, m):
         wide_vectors()   # on an Intel Xeon 1.1-1.8x as fast on rows of 1000 classes or more
@@ -136,6 +140,7 @@ def _make_row_sums(kind):
         s1 = 0.0
         s2 = 0.0
         s3 = 0.0
+        nsums = _nsums(kind)
         for b0 in range(0, n, _BLOCK):
             nb = min(_BLOCK, n - b0)
             k = L
