@@ -6,11 +6,13 @@ combined rather than crossed: every launcher runs in float32, float64 and float1
 views) and in C order, Fortran order and a class-strided view somewhere below.
 """
 
+import collections
 import re
 
 import numba
 import numpy as np
 import pytest
+from llvmlite import binding as llvm
 
 from nbxent._config import FASTMATH
 from nbxent.cpu import _math
@@ -368,6 +370,40 @@ def test_row_vectorised_kernels_ask_for_512_bit_vectors_on_avx512():
             assert (attribute in f.inspect_llvm(sig)) == wide, (f.__name__, sig)
             if wide:
                 assert re.search(r"\bzmm\d", f.inspect_asm(sig)), (f.__name__, sig)
+
+
+def _mnemonics(asm):
+    """How often each instruction occurs in assembly text (names and addresses aside)."""
+    lines = (line.split()[0] for line in asm.splitlines() if line.startswith("\t"))
+    return collections.Counter(m for m in lines if not m.startswith("."))
+
+
+def test_float16_rows_of_9_and_10_classes_are_loaded_whole_and_shuffled():
+    """Where K._FEW_HALF_INTERLEAVED holds (Intel's AVX-512 cores), the few-classes kernel
+    of 9 and 10 classes compiles float16 with interleaved loads allowed up to 16 members:
+    rows loaded whole and their 16-bit values shuffled into classes (word permutes), where
+    LLVM's default loaded each value on its own. The LLVM option is set back after that
+    compile: float32 gets the same code compiled after it as before it. Elsewhere the
+    kernels compile as Numba's dispatcher does."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 10, (1, 64))
+    for dtype in (F16, F32):
+        x = as_kernel(logits(rng, (1, 64, 10), dtype))
+        K.cross_entropy(x, y, np.empty(0, F32), IGNORE, 0.0, 0.0, np.empty((1, 64), F32))
+    kernel = K._few_loss_kernel(10)
+    if not K._FEW_HALF_INTERLEAVED:
+        assert "compile" not in vars(kernel)
+        return
+    half, single = (next(s for s in kernel.signatures if s[0].dtype == t)
+                    for t in (numba.types.uint16, numba.types.float32))
+    assert re.search(r"\bvperm\w*w\b", kernel.inspect_asm(half)), "no word shuffles"
+    llvm.set_option("test", f"{_math._INTERLEAVE_OPTION}={_math._INTERLEAVE_DEFAULT}")
+    before = K._make_few_loss_kernel(10)
+    before.compile(single)
+    _math.compile_interleaving(K._make_few_loss_kernel(10), 16, K._half_logits).compile(half)
+    after = K._make_few_loss_kernel(10)
+    after.compile(single)
+    assert _mnemonics(after.inspect_asm(single)) == _mnemonics(before.inspect_asm(single))
 
 
 def test_row_sums_keep_their_partial_sums_off_the_heap():

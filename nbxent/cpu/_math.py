@@ -19,6 +19,8 @@ reduction. This module supplies loop-friendly replacements:
   LLVM vectorise loops with gathers; `load`/`store` are built on them.
 - `compute_or`: a view, or a scratch where the view's dtype is float16 (compile time).
 - `stack_scratch`: a small scratch array on the stack (partial sums that stay in registers).
+- `wide_vectors`, `compile_interleaving`: LLVM vectoriser settings for one function (a
+  512-bit width) or one dispatcher's compiles (interleaved loads of more than 8 members).
 - `crow`/`srow`: borrowed 1-D views of a flat buffer (a row of the logits) that carry no
   reference count, so building one per row in a parallel loop costs no atomic operations.
 
@@ -29,9 +31,11 @@ LLVM fold the two-constant Cody-Waite range reduction into one constant and lose
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
@@ -114,6 +118,33 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+_INTERLEAVE_OPTION = "-max-interleave-group-factor"
+_INTERLEAVE_DEFAULT = 8   # LLVM's own default for it
+
+
+def compile_interleaving(dispatcher, factor, when):
+    """Have `dispatcher` compile each signature `sig` for which when(sig) holds with
+    LLVM's loop vectoriser allowed interleaved loads of up to `factor` members (LLVM's
+    default is 8: a loop reading C > 8 consecutive values per iteration gathers them
+    instead). The option is global to LLVM, so it is set under Numba's compiler lock for
+    that compile only and then set back to LLVM's default; other code compiles as before.
+    A kernel loaded from the on-disk cache keeps the code so compiled."""
+    compile_default = dispatcher.compile
+
+    def compile(sig):
+        if not when(sig):
+            return compile_default(sig)
+        with global_compiler_lock:
+            llvm.set_option("nbxent", f"{_INTERLEAVE_OPTION}={factor}")
+            try:
+                return compile_default(sig)
+            finally:
+                llvm.set_option("nbxent", f"{_INTERLEAVE_OPTION}={_INTERLEAVE_DEFAULT}")
+
+    dispatcher.compile = compile
+    return dispatcher
 
 
 @intrinsic

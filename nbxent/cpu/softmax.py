@@ -54,9 +54,10 @@ from numba import prange
 from nbxent._config import hjit, jit, pjit
 from nbxent.cpu._math import STRICT, borrow as _b
 from nbxent.cpu.binary import softplus_parts
-from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_nonpos, cexp_term, clog, compute_or,
-                              crow, cval, diff_add, fmax, host_cpu, host_has, is_half, load,
-                              prefetch, put, srow, stack_scratch, store, sub2, wide_vectors)
+from nbxent.cpu._math import (alive, at, cempty, cexp, cexp_nonpos, cexp_term, clog,
+                              compile_interleaving, compute_or, crow, cval, diff_add, fmax,
+                              host_cpu, host_has, is_half, load, prefetch, put, srow,
+                              stack_scratch, store, sub2, wide_vectors)
 
 _BLOCK = 1024        # elements per float32 partial sum within a row
 _LANES = 32          # partial sums per block in _exp_sums (a fixed order of summation)
@@ -1258,6 +1259,14 @@ def _pair_kernel(x, xs, P, Q, lab, ls, w, ignore, out, os, g, gs, sc, ss, mode):
 # forward's bits.
 _FEW_GRAD_C = 8 if host_has("avx512f") else 10
 _FEW_C = _FEW_GRAD_C if host_cpu() == "znver5" else 10
+# float16 rows of 9 and 10 classes: LLVM gathers a class's values from the rows of a
+# vector (as it does for float32) only in 32-bit lanes, so for float16 it loaded each value
+# on its own, and the forward took 1.08-1.19x float32's time on an Intel Xeon. With
+# interleaved loads allowed up to 16 members (compile_interleaving) it loads whole rows and
+# shuffles: 0.91-0.99x float32's time (2026-12-08, 1_000_000 rows, 2 threads). float32 and
+# float64 keep the gathers: float32 ran 1.1-1.2x slower with the shuffles. Not measured on
+# AMD's AVX-512 cores (Zen 4 takes these kernels, Zen 5 does not), so not used there.
+_FEW_HALF_INTERLEAVED = host_has("avx512f") and not host_cpu().startswith("znver")
 _FEW_SUB = 1024    # rows per label-coding sub-block
 _FEW_ITEM = 16     # sub-blocks per parallel work item
 _FEW_KERNELS = {}
@@ -1275,8 +1284,16 @@ def _few_loss_kernel(C):
     """The kernel for C classes (built, and compiled on first call, once per C)."""
     kernel = _FEW_KERNELS.get(C)
     if kernel is None:
-        kernel = _FEW_KERNELS[C] = _make_few_loss_kernel(C)
+        kernel = _make_few_loss_kernel(C)
+        if C > 8 and _FEW_HALF_INTERLEAVED:
+            kernel = compile_interleaving(kernel, 16, _half_logits)
+        _FEW_KERNELS[C] = kernel
     return kernel
+
+
+def _half_logits(sig):
+    """Whether a few-classes kernel signature is float16's (its logits a uint16 view)."""
+    return sig[0].dtype == numba.types.uint16
 
 
 # Whether the few-classes gradient of C classes takes cexp_nonpos (cexp's bits, cheaper)
