@@ -27,6 +27,16 @@ def _inputs(seed: int, tiny: bool):
     weight = rng.uniform(0.5, 2.0, c).astype(np.float32)
     bx = (2 * rng.standard_normal((bn, 9))).astype(np.float32)
     bt = (rng.random((bn, 9)) < 0.3).astype(np.float32)
+    # few classes, rows in several of the few- and two-classes kernels' work items (16384
+    # rows each), float16 for the few-classes forward's own compile (compile_interleaving)
+    fn = 40 if tiny else 40_000
+    few = (3 * rng.standard_normal((fn, 10))).astype(np.float16)
+    few_y = rng.integers(0, 10, fn)
+    few_y[::5] = -100
+    six = few[:, :6].astype(np.float32)
+    six_y = np.where(few_y < 0, few_y, few_y % 6)
+    pair = (3 * rng.standard_normal((fn, 2))).astype(np.float32)
+    pair_y = rng.integers(0, 2, fn)
     return {k: v for k, v in locals().items() if isinstance(v, np.ndarray)}
 
 
@@ -40,6 +50,8 @@ def calls(seed: int = 20261124, backend: str = "cpu") -> dict:
          for k, v in _inputs(seed, tiny=backend == "gpu" and SIMULATOR).items()}
     x, y, wide, wide_y, soft, probs = d["x"], d["y"], d["wide"], d["wide_y"], d["soft"], d["probs"]
     weight, bx, bt = d["weight"], d["bx"], d["bt"]
+    few, few_y, six, six_y = d["few"], d["few_y"], d["six"], d["six_y"]
+    pair, pair_y = d["pair"], d["pair_y"]
     opts = dict(weight=weight, label_smoothing=0.1, z_loss=1e-3)
     c = d["x"].shape[1]
     copy = (lambda a: a.copy()) if backend == "cpu" else (lambda a: to_backend(to_host(a), backend))
@@ -53,6 +65,12 @@ def calls(seed: int = 20261124, backend: str = "cpu") -> dict:
         "cross_entropy none": lambda: _arrays(nbxent.cross_entropy(x, y, reduction="none")),
         "cross_entropy sum, wide": lambda: _arrays(nbxent.cross_entropy(wide, wide_y, reduction="sum")),
         "cross_entropy soft": lambda: _arrays(nbxent.cross_entropy(x, soft)),
+        "cross_entropy mean, 10 classes, float16": lambda: _arrays(
+            nbxent.cross_entropy(few, few_y)),
+        "cross_entropy_with_grad, 6 classes": lambda: _arrays(
+            *nbxent.cross_entropy_with_grad(six, six_y)),
+        "cross_entropy_with_grad, 2 classes": lambda: _arrays(
+            *nbxent.cross_entropy_with_grad(pair, pair_y)),
         "cross_entropy_with_grad": lambda: _arrays(*nbxent.cross_entropy_with_grad(x, y, **opts)),
         "cross_entropy_with_grad inplace": lambda: _arrays(
             *nbxent.cross_entropy_with_grad(copy(x), y, reduction="sum", inplace=True)),
