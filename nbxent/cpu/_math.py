@@ -36,6 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.sigutils import normalize_signature
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
@@ -125,7 +126,7 @@ _INTERLEAVE_DEFAULT = 8   # LLVM's own default for it
 
 
 def compile_interleaving(dispatcher, factor, when):
-    """Have `dispatcher` compile each signature `sig` for which when(sig) holds with
+    """Have `dispatcher` compile each signature for which when(argument types) holds with
     LLVM's loop vectoriser allowed interleaved loads of up to `factor` members (LLVM's
     default is 8: a loop reading C > 8 consecutive values per iteration gathers them
     instead). The option is global to LLVM, so it is set under Numba's compiler lock for
@@ -134,7 +135,7 @@ def compile_interleaving(dispatcher, factor, when):
     compile_default = dispatcher.compile
 
     def compile(sig):
-        if not when(sig):
+        if not when(normalize_signature(sig)[0]):
             return compile_default(sig)
         with global_compiler_lock:
             llvm.set_option("nbxent", f"{_INTERLEAVE_OPTION}={factor}")

@@ -1291,9 +1291,9 @@ def _few_loss_kernel(C):
     return kernel
 
 
-def _half_logits(sig):
-    """Whether a few-classes kernel signature is float16's (its logits a uint16 view)."""
-    return sig[0].dtype == numba.types.uint16
+def _half_logits(argtypes):
+    """Whether a few-classes kernel's argument types are float16's (logits a uint16 view)."""
+    return argtypes[0].dtype == numba.types.uint16
 
 
 # Whether the few-classes gradient of C classes takes cexp_nonpos (cexp's bits, cheaper)
